@@ -1,0 +1,51 @@
+# wsss_nb: `make reproduce` (environment + built-in benchmark + quick tables) and `make test`.
+# Both create .venv when missing and are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= data/synthetic
+export PATH := $(abspath $(BIN)):$(PATH)
+export MPLBACKEND := Agg
+
+.PHONY: env test sync-check nbtest pytest reproduce data export readme clean-nbs
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+env: $(STAMP)
+
+# wsss_nb/ must be exactly what nbdev_export makes of nbs/.
+sync-check: env
+	@tmp=$$(mktemp -d); cp -r wsss_nb $$tmp/before; \
+	$(BIN)/nbdev_export; \
+	if ! diff -r -x __pycache__ $$tmp/before wsss_nb; then \
+	  rm -rf $$tmp; echo "wsss_nb/ was out of sync with nbs/: re-exported it; commit both." >&2; exit 1; fi; \
+	rm -rf $$tmp; echo "wsss_nb/ is in sync with nbs/"
+
+nbtest: env
+	$(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: env
+	$(BIN)/python -m pytest -q tests
+
+test: sync-check nbtest pytest
+
+data: env
+	$(BIN)/wsss-nb make-data --root $(DATA)
+
+reproduce: data
+
+export: env
+	$(BIN)/nbdev_export
+
+readme: env
+	$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --output-dir . --output README
+
+clean-nbs: env
+	$(BIN)/nbdev_clean
