@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= data/synthetic
 export PATH := $(abspath $(BIN)):$(PATH)
-export MPLBACKEND := Agg
 
 .PHONY: env test sync-check nbtest pytest reproduce data export readme clean-nbs
 
@@ -27,6 +26,9 @@ sync-check: env
 	if ! diff -r -x __pycache__ $$tmp/before wsss_nb; then \
 	  rm -rf $$tmp; echo "wsss_nb/ was out of sync with nbs/: re-exported it; commit both." >&2; exit 1; fi; \
 	rm -rf $$tmp; echo "wsss_nb/ is in sync with nbs/"
+	@cp README.md /tmp/wsss_nb_README.before 2>/dev/null || true; $(MAKE) --no-print-directory readme >/dev/null; \
+	if ! diff -q /tmp/wsss_nb_README.before README.md >/dev/null; then \
+	  echo "README.md was out of sync with nbs/index.ipynb: regenerated it; commit both." >&2; exit 1; fi
 
 nbtest: env
 	$(BIN)/nbdev_test --n_workers 2 --timing
