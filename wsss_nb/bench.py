@@ -13,7 +13,7 @@ from .core import ConfigError, get_device
 from .pamr import PAMR, pamr_reference, check_dilations
 
 # %% auto #0
-__all__ = ['time_call', 'torch_threads', 'bench_pamr']
+__all__ = ['time_call', 'torch_threads', 'bench_pamr', 'bench_fsl']
 
 # %% ../nbs/90_bench.ipynb #866a5841
 def _check_int(name, v, lo):
@@ -71,4 +71,107 @@ def bench_pamr(batch: int = 8, classes: int = 21, present: int = 2, size: int = 
     print(f"PAMR {batch}×{classes}×{size}×{size} ({present} present + bg), {num_iter} iterations, dilations "
           f"{list(dilations)} on {device} ({threads} threads): reference {res['reference_ms']:.1f} ms, fast {res['fast_ms']:.1f} ms, "
           f"{res['speedup']:.1f}× faster, max |difference| {res['max_abs_diff']:.2e}")
+    return res
+
+# %% ../nbs/90_bench.ipynb #b6461ca3
+import json, math, os, resource, subprocess, sys
+from pathlib import Path
+
+import torch.nn.functional as F
+
+import wsss_nb
+from .hfpl import feature_similarity_loss, fsl_gate
+
+def _fsl_inputs(batch, classes, size, present, device, seed=0):
+    "Smooth random images B×3×s×s and the gating input (random in [0, 1], or `fsl_gate` of raw scores with `present` classes)."
+    g = torch.Generator().manual_seed(seed)
+    image = F.interpolate(torch.rand(batch, 3, max(2, size // 8), max(2, size // 8), generator=g), (size, size),
+                          mode="bilinear", align_corners=True)
+    if present is None: cam = torch.rand(batch, classes, size, size, generator=g)
+    else:
+        scores = torch.randn(batch, classes - 1, size, size, generator=g)
+        labels = torch.zeros(batch, classes - 1)
+        for b in range(batch): labels[b, torch.randperm(classes - 1, generator=g)[:present]] = 1
+        cam = fsl_gate(scores, labels)                          # background + `present` non-zero channels
+    return image.to(device), cam.to(device)
+
+def _status_kib(field_name):
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"): return int(line.split()[1])
+    except OSError: return None
+
+def _reset_peak_rss() -> bool:
+    try: Path("/proc/self/clear_refs").write_text("5"); return _status_kib("VmHWM") is not None
+    except OSError: return False
+
+def _fsl_child(spec: dict) -> dict:
+    "In a fresh process: one FSL forward + backward for its peak memory, then the median time of `repeats` calls."
+    device = get_device(spec["device"])
+    image, cam = _fsl_inputs(spec["batch"], spec["classes"], spec["size"], spec["present"], device)
+    cam.requires_grad_(True)
+    def step(image=image, cam=cam):
+        with torch.enable_grad():
+            cam.grad = None
+            loss = feature_similarity_loss(image, cam, spec["mu"], spec["sigma"], spec["radius"])
+            loss.backward()
+        return float(loss), float(cam.grad.norm())
+    with torch_threads(spec["threads"]):
+        step(image[:1, :, :8, :8].contiguous(), cam[:1, :, :8, :8].detach().clone().requires_grad_(True))   # lazy init
+        if device.type == "cuda":
+            torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device); how = "cuda max_memory_allocated"
+        elif _reset_peak_rss(): base = _status_kib("VmRSS") * 1024; how = "peak RSS (VmHWM, reset)"
+        else: base = None; how = "ru_maxrss (not resettable)"
+        _sync(device); t = time.perf_counter()
+        loss, gnorm = step()
+        _sync(device); first = time.perf_counter() - t
+        if device.type == "cuda": peak = torch.cuda.max_memory_allocated(device) - base
+        elif base is not None: peak = _status_kib("VmHWM") * 1024 - base
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        times = [first] + [time_call(step, 1, 0, device)[0] for _ in range(spec["repeats"] - 1)]
+    return dict(seconds=statistics.median(times), peak_bytes=int(peak), memory=how, loss=loss, grad_norm=gnorm,
+                threads=torch.get_num_threads() if spec["threads"] is None else spec["threads"])
+
+def _run_child(spec: dict, timeout: float) -> dict:
+    root = str(Path(wsss_nb.__file__).resolve().parent.parent)         # the child imports this same package
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    code = "import json, sys; from wsss_nb.bench import _fsl_child; print(json.dumps(_fsl_child(json.loads(sys.argv[1]))))"
+    p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0: raise RuntimeError(f"bench_fsl child failed ({spec}):\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+def bench_fsl(batch: int = 8, classes: int = 21, sizes=(56, 112), present: int | None = 2, sigma: float = 5.0,
+              mu: float = 2.5, repeats: int = 3, dense_repeats: int = 1, device=None, threads: int | None = None,
+              timeout: float = 1800) -> dict:
+    "Time and peak memory of FSL forward + backward, dense vs windowed (radius 4σ), at each size; print and return the numbers."
+    batch, classes = _check_int("batch", batch, 1), _check_int("classes", classes, 2)
+    repeats, dense_repeats = _check_int("repeats", repeats, 1), _check_int("dense_repeats", dense_repeats, 1)
+    sizes = [_check_int("size", s, 2) for s in sizes]
+    if present is not None and not 0 <= _check_int("present", present, 0) <= classes - 1:
+        raise ConfigError(f"present={present}: at most classes - 1 = {classes - 1} foreground classes")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ConfigError(f"sigma={sigma!r}: expected a positive number")
+    device = get_device(device)
+    res = dict(batch=batch, classes=classes, present=present, sigma=sigma, mu=mu, radius=4 * sigma, device=str(device), sizes={})
+    for s in sizes:
+        spec = dict(batch=batch, classes=classes, size=s, present=present, mu=mu, sigma=sigma, device=str(device), threads=threads)
+        win = _run_child(dict(spec, radius="auto", repeats=repeats), timeout)
+        den = _run_child(dict(spec, radius=None, repeats=dense_repeats), timeout)
+        r = dict(dense_ms=1e3 * den["seconds"], windowed_ms=1e3 * win["seconds"], speedup=den["seconds"] / win["seconds"],
+                 dense_peak_mib=den["peak_bytes"] / 2**20, windowed_peak_mib=win["peak_bytes"] / 2**20,
+                 dense_loss=den["loss"], windowed_loss=win["loss"],
+                 rel_diff=abs(win["loss"] - den["loss"]) / max(abs(den["loss"]), 1e-30), memory=win["memory"], threads=win["threads"])
+        res["sizes"][s] = r
+        print(f"FSL {batch}×{classes}×{s}×{s} (present: {'all' if present is None else present}), σ={sigma}, radius {4 * sigma:g}, "
+              f"forward+backward on {device} ({r['threads']} threads): dense {r['dense_ms']:.0f} ms, windowed {r['windowed_ms']:.0f} ms "
+              f"(speed-up {r['speedup']:.1f}×); peak memory dense {r['dense_peak_mib']:.1f} MiB, windowed {r['windowed_peak_mib']:.1f} MiB "
+              f"[{r['memory']}]; loss relative difference {r['rel_diff']:.1e}")
+    if len(sizes) > 1:
+        a, b = res["sizes"][sizes[0]], res["sizes"][sizes[-1]]
+        res["growth"] = dict(dense=b["dense_ms"] / a["dense_ms"], windowed=b["windowed_ms"] / a["windowed_ms"],
+                             pixels=(sizes[-1] / sizes[0]) ** 2)
+        print(f"{sizes[0]}→{sizes[-1]} ({res['growth']['pixels']:.0f}× the pixels): dense time ×{res['growth']['dense']:.1f}, "
+              f"windowed time ×{res['growth']['windowed']:.1f}")
     return res
