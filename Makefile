@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data/synthetic
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env test sync-check nbtest pytest reproduce data export readme clean-nbs
+.PHONY: env test sync-check nbtest pytest reproduce data export readme clean-nbs test-ui
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,13 @@ test: sync-check nbtest pytest
 data: env
 	$(BIN)/wsss-nb make-data --root $(DATA)
 
+# The quick profile of every paper table (papermill runs, reused when done), then the four paper notebooks
+# rendered from them. Two papermill processes with one thread each keep both cores busy.
 reproduce: data
+	OMP_NUM_THREADS=1 $(BIN)/wsss-nb tables --profile quick --jobs 2 --data-root $(DATA)
+	cd papers_tables && for p in ssss shape hfpl bana; do \
+	  papermill --no-progress-bar -k python3 -p run False $$p.ipynb $$p.ipynb || exit 1; done
+	@echo "tables written: $(abspath papers_tables/README.md)"
 
 export: env
 	$(BIN)/nbdev_export
@@ -51,3 +57,12 @@ readme: env
 
 clean-nbs: env
 	$(BIN)/nbdev_clean
+
+# The explorers in a real browser (tests/test_ui.py, slow): JupyterLab on a loopback port, nbs/60_explore.ipynb run
+# in headless Chromium. Installs Debian's chromium + chromium-driver (apt-get, as root or through sudo) and selenium.
+test-ui: env
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
+	@$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/python -m pip install --quiet selenium
+	WSSS_UI=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_ui.py

@@ -19,6 +19,7 @@ __all__ = ['CAMBaseline']
 @register_method("cam")
 class CAMBaseline(Method):
     "GAP-CAM: multi-label classification from image labels, CAMs + constant background as segmentation."
+    image_labels = True
     @dataclass
     class Config:
         bg_score: float = 0.2          # constant background score against max-normalised CAMs

@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import WSSSError, ConfigError
 
 # %% auto #0
-__all__ = ['cmd_make_data', 'cmd_train', 'cmd_eval', 'cmd_bench', 'cmd_lab', 'build_parser', 'main']
+__all__ = ['cmd_make_data', 'cmd_train', 'cmd_eval', 'cmd_bench', 'cmd_tables', 'cmd_lab', 'build_parser', 'main']
 
 # %% ../nbs/80_cli.ipynb #817e4e09
 def _key_values(items: list[str], flag: str = "--set") -> dict:
@@ -69,6 +69,24 @@ def cmd_bench(args) -> int:
     fn(**({"repeats": args.repeats} if args.repeats else {}))
     return 0
 
+def cmd_tables(args) -> int:
+    "Run the papers' tables (missing points only) and write papers_tables/; `--list` shows the registry."
+    from wsss_nb.tables import TABLES, get_table, run_table, write_index, table_points
+    ids = args.ids or list(TABLES)
+    for t in ids: get_table(t)                          # unknown ids fail before anything runs
+    if args.list:
+        for t in ids:
+            s = TABLES[t]; n = len(table_points(s, args.profile))
+            print(f"{t:14s} {s.paper:6s} {s.paper_table:22s} {n:3d} points  {s.caption}")
+        return 0
+    for i, t in enumerate(ids):
+        print(f"[{i + 1}/{len(ids)}] {t}", flush=True)
+        r = run_table(t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out, data_root=args.data_root)
+        failed = sum(p["status"] == "failed" for p in r["points"])
+        print(f"  -> {Path(args.out)/(t + '.md')}" + (f" ({failed} failed points)" if failed else ""), flush=True)
+    print(f"index: {write_index(args.out)}")
+    return 0
+
 def cmd_lab(args) -> int:
     "Open JupyterLab on the notebooks."
     import subprocess
@@ -110,6 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("name", choices=["pamr", "fsl"], help="what to benchmark")
     bn.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
     bn.set_defaults(func=cmd_bench)
+    tb = sub.add_parser("tables", help="re-run the papers' tables on the benchmark (papermill)",
+                        description="Run the missing grid points of the papers' tables with papermill and write "
+                        "papers_tables/<id>.md, papers_tables/results/<id>.csv and papers_tables/README.md.")
+    tb.add_argument("ids", nargs="*", metavar="TABLE_ID", help="tables to run (default: all; see --list)")
+    tb.add_argument("--profile", choices=["quick", "full"], default="quick", help="quick: 1 seed, small runs; full: 3 seeds")
+    tb.add_argument("--jobs", type=int, default=1, help="papermill processes at once")
+    tb.add_argument("--runs", default="runs", help="where runs live (default: runs)")
+    tb.add_argument("--out", default="papers_tables", help="where tables are written (default: papers_tables)")
+    tb.add_argument("--data-root", default=None, help="benchmark folder (default: each config's data_root)")
+    tb.add_argument("--list", action="store_true", help="list the tables and their grid sizes, run nothing")
+    tb.set_defaults(func=cmd_tables)
     l = sub.add_parser("lab", help="open JupyterLab on nbs/")
     l.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to jupyter lab")
     l.set_defaults(func=cmd_lab)

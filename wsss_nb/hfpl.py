@@ -192,9 +192,8 @@ def fsl_gate(cams: torch.Tensor, labels: torch.Tensor | None = None, gating: str
 # %% ../nbs/30_isl_fsl.ipynb #b2bc5ec3
 @dataclass
 class ISLConfig:
-    "Importance sampling loss options (Sec. 4.2); off by default."
-    enabled: bool = False
-    lam: float = 0.2                       # λ of Eq. 16 (the paper's Fig. 6: 0.2); 0 = the plain classification loss
+    "Importance sampling loss options (Sec. 4.2); on when `lam` > 0 (off by default)."
+    lam: float = 0.0                       # λ of Eq. 16 (the paper's choice, Fig. 6: 0.2); 0 = off, the plain classification loss
     n_samples: int = 10                    # N of Eq. 18 (Table 5: 10)
     posterior: typing.Literal["binomial", "multinomial"] = "binomial"
     bg_logit: float | None = None          # multinomial only: a constant background logit joins the softmax
@@ -206,9 +205,8 @@ class ISLConfig:
 
 @dataclass
 class FSLConfig:
-    "Feature similarity loss options (Sec. 3.4, 4.3); off by default."
-    enabled: bool = False
-    weight: float = 1.0                    # the official code adds L_fs with weight 1
+    "Feature similarity loss options (Sec. 3.4, 4.3); on when `weight` > 0 (off by default)."
+    weight: float = 0.0                    # 0 = off; the official code adds L_fs with weight 1
     mu: float = 2.5                        # μ, σ: the supplement's S.1 optimum
     sigma: float | None = 5.0              # None: uniform weight 1/(hw) (the original FSL)
     radius: float | None = None            # None: 4σ (windowed); the exact dense sum when sigma is None too
@@ -230,9 +228,9 @@ def hfpl_losses(batch: dict, cam_logits: torch.Tensor, labels: torch.Tensor, isl
                 fsl_cfg: FSLConfig | None = None, generator=None) -> dict:
     "The enabled HFPL terms, unweighted: `isl` (Eq. 18 on the CAM scores B×C×h×w) and `fsl` (Eq. 9 on the gated CAMs)."
     out = {}
-    if isl_cfg is not None and isl_cfg.enabled and isl_cfg.lam > 0:
+    if isl_cfg is not None and isl_cfg.lam > 0:
         out["isl"] = importance_sampling_loss(cam_logits, labels, isl_cfg.n_samples, isl_cfg.posterior, generator, isl_cfg.bg_logit)
-    if fsl_cfg is not None and fsl_cfg.enabled and fsl_cfg.weight > 0:
+    if fsl_cfg is not None and fsl_cfg.weight > 0:
         image = batch.get("image_raw") if isinstance(batch, dict) else None
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             raise DataError("batch['image_raw']: FSL needs the B×3×H×W images in [0, 1]")

@@ -42,6 +42,10 @@ class Method(nn.Module):
     @dataclass
     class Config: pass
 
+    # True for methods trained from image labels that return their raw class score maps B×C×h×w as out["cams"]
+    # and their classification loss as terms["cls"]: the trainer can then add HFPL's ISL/FSL to any of them.
+    image_labels: bool = False
+
     def __init__(self, num_classes: int, cfg=None, backbone: BackboneConfig | None = None):
         super().__init__()
         if num_classes < 2: raise ConfigError(f"num_classes={num_classes}: expected background + at least one class")

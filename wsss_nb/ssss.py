@@ -154,6 +154,7 @@ def clean_masks(masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 @register_method("ssss")
 class SSSS(Method):
     "Single-stage WSSS (Araslanov & Roth 2020): nGWP + focal penalty, PAMR pseudo GT, balanced CE, Stochastic Gate + GCI."
+    image_labels = True
     @dataclass
     class Config:
         aspp_channels: int = 128        # official: 256

@@ -26,23 +26,23 @@ __all__ = ['SPLITS', 'FORMAT_VERSION', 'STYLES', 'PALETTE', 'CLASS_APPEARANCE', 
 
 # %% ../nbs/02_synthetic.ipynb #9edfb067
 SPLITS = ("train", "val")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                # 2: one (style, colour) signature per class
 STYLES = ("solid", "stripes", "checker", "dots", "gradient", "noise")
 PALETTE = {"red": (0.86, 0.16, 0.14), "orange": (0.96, 0.55, 0.10), "yellow": (0.95, 0.86, 0.15),
            "green": (0.20, 0.70, 0.25), "cyan": (0.15, 0.78, 0.85), "blue": (0.15, 0.30, 0.90),
            "purple": (0.55, 0.20, 0.80), "magenta": (0.90, 0.20, 0.65)}
-# class (= shape) → (preferred styles, preferred colours)
+# class (= shape) → its (style, colour) signature: style k mod 6, colour k mod 8
 CLASS_APPEARANCE = {
-    "disc":     (("solid", "stripes", "dots"),     ("red", "yellow", "blue")),
-    "square":   (("checker", "solid", "noise"),    ("red", "green", "purple")),
-    "triangle": (("stripes", "gradient", "checker"), ("yellow", "cyan", "magenta")),
-    "star":     (("dots", "noise", "solid"),       ("orange", "blue", "green")),
-    "ring":     (("gradient", "checker", "dots"),  ("red", "cyan", "purple")),
-    "cross":    (("stripes", "noise", "gradient"), ("orange", "yellow", "purple")),
-    "crescent": (("checker", "stripes", "noise"),  ("blue", "orange", "cyan")),
-    "bar":      (("noise", "solid", "gradient"),   ("magenta", "yellow", "red")),
-    "heart":    (("dots", "checker", "stripes"),   ("purple", "green", "orange")),
-    "arrow":    (("solid", "dots", "gradient"),    ("green", "magenta", "blue")),
+    "disc":     ("solid", "red"),
+    "square":   ("stripes", "orange"),
+    "triangle": ("checker", "yellow"),
+    "star":     ("dots", "green"),
+    "ring":     ("gradient", "cyan"),
+    "cross":    ("noise", "blue"),
+    "crescent": ("solid", "purple"),
+    "bar":      ("stripes", "magenta"),
+    "heart":    ("checker", "red"),
+    "arrow":    ("dots", "orange"),
 }
 CLASSES = tuple(CLASS_APPEARANCE)
 
@@ -54,7 +54,7 @@ class BenchmarkKnobs:
     scale: tuple = (0.25, 0.6)          # object diameter (bounding circle) as a fraction of the image side
     min_visible: float = 0.4            # an instance keeps at least this fraction of its area visible (occlusion, border)
     min_area: float = 0.005             # ... and at least this fraction of the image; else the placement is redrawn
-    random_appearance: float = 0.2      # probability of a uniformly random style and colour instead of the class's own
+    random_appearance: float = 0.1      # probability of a uniformly random style and colour instead of the class's own
     distractors: tuple = (0, 2)         # min, max amorphous background blobs painted with object textures
     distractor_scale: tuple = (0.1, 0.3)  # their diameter as a fraction of the image side
     photo_background: float = 0.5       # probability of a tinted texture photograph (else procedural noise)
@@ -177,10 +177,10 @@ def appearance(style: str, c1, c2, size: int, cx: float, cy: float, radius: floa
     return c1 + (c2 - c1)*t[..., None]
 
 def draw_appearance(cls: str | None, rng, random_appearance: float = 0.0) -> tuple:
-    "(style, c1, c2): the class's preferred style and colour, or a uniformly random pair (always when `cls` is None)."
-    if cls is None or rng.random() < random_appearance: styles, colours = STYLES, tuple(PALETTE)
-    else: styles, colours = CLASS_APPEARANCE[cls]
-    style, colour = styles[rng.integers(len(styles))], colours[rng.integers(len(colours))]
+    "(style, c1, c2): the class's signature style and colour, or a uniformly random pair (always when `cls` is None)."
+    if cls is None or rng.random() < random_appearance:
+        style, colour = STYLES[rng.integers(len(STYLES))], tuple(PALETTE)[rng.integers(len(PALETTE))]
+    else: style, colour = CLASS_APPEARANCE[cls]
     c1 = np.clip(np.array(PALETTE[colour]) * rng.uniform(0.8, 1.05) + rng.normal(0, 0.04, 3), 0, 1)
     c2 = c1*rng.uniform(0.25, 0.5) if rng.random() < 0.5 else c1 + (1 - c1)*rng.uniform(0.45, 0.7)
     return style, c1, c2
@@ -351,7 +351,8 @@ def make_benchmark(root, n_train: int = 1500, n_val: int = 300, size: int = 128,
         try: old = json.loads(meta.read_text())
         except (OSError, ValueError): old = None
         if old == params and not overwrite and _complete(root, params): return root
-        if old != params and not overwrite:
+        stale = not isinstance(old, dict) or old.get("format_version") != FORMAT_VERSION   # an older generator wrote it
+        if old != params and not overwrite and not stale:
             diff = sorted(k for k in params if not isinstance(old, dict) or old.get(k) != params[k])
             diff = [f"knobs.{k}" for k in params["knobs"] if (old or {}).get("knobs", {}).get(k) != params["knobs"][k]] \
                 if diff == ["knobs"] else diff
