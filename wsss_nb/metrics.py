@@ -16,9 +16,9 @@ from skimage.morphology import disk
 from .core import ConfigError, DataError, to_numpy
 
 # %% auto #0
-__all__ = ['confusion_matrix', 'iou_from_confusion', 'erosion_iterations', 'boundary_region', 'seg2bmap', 'bound_radius',
-           'contour_matches', 'contour_prf', 'contour_f', 'SegEvaluator', 'CAMPrecision', 'filling_rate',
-           'PseudoLabelQuality']
+__all__ = ['confusion_matrix', 'iou_from_confusion', 'image_iou', 'erosion_iterations', 'boundary_region', 'seg2bmap',
+           'bound_radius', 'contour_matches', 'contour_prf', 'contour_f', 'SegEvaluator', 'CAMPrecision',
+           'filling_rate', 'PseudoLabelQuality']
 
 # %% ../nbs/03_metrics.ipynb #d28aa01d
 def _np(x, name: str) -> np.ndarray:
@@ -99,6 +99,11 @@ def iou_from_confusion(cm: np.ndarray) -> np.ndarray:
     cm = np.asarray(cm)
     tp = np.diag(cm)
     return _ratio(tp, cm.sum(0) + cm.sum(1) - tp)
+
+def image_iou(pred, gt, num_classes: int, ignore_index: int = 255) -> float:
+    "Mean IoU of one image over the classes in its ground truth or prediction (void ignored); NaN when nothing is scored."
+    iou = iou_from_confusion(confusion_matrix(pred, gt, num_classes, ignore_index))
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
 # %% ../nbs/03_metrics.ipynb #10d6b4a2
 _SQUARE3 = np.ones((3, 3), bool)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/00a_plot.ipynb #4c94b32e
 from __future__ import annotations
+import io
 import numpy as np
 import torch
 import matplotlib.pyplot as plt
@@ -12,7 +13,8 @@ from matplotlib.patches import Rectangle
 from .core import IGNORE_INDEX, voc_palette, to_numpy
 
 # %% auto #0
-__all__ = ['as_rgb', 'colorize', 'overlay', 'show_image', 'show_mask', 'show_heatmap', 'draw_boxes', 'show_sample', 'image_grid']
+__all__ = ['as_rgb', 'colorize', 'overlay', 'show_image', 'show_mask', 'show_heatmap', 'draw_boxes', 'show_sample', 'image_grid',
+           'highlight', 'figure_png']
 
 # %% ../nbs/00a_plot.ipynb #599762fe
 def as_rgb(image) -> np.ndarray:
@@ -88,3 +90,15 @@ def image_grid(n: int, ncols: int = 4, size: float = 2.5):
     axs = axs.ravel()
     for a in axs[n:]: a.set_axis_off()
     return fig, list(axs[:n])
+
+def highlight(image, where, colour=(1., 0., 0.), alpha: float = 0.7) -> np.ndarray:
+    "H×W×3 image with `colour` blended over the pixels where `where` (H×W bool) is true."
+    img = as_rgb(image); w = alpha * to_numpy(where).astype(np.float32)[..., None]
+    return img * (1 - w) + np.asarray(colour, np.float32) * w
+
+def figure_png(fig, dpi: int = 72) -> bytes:
+    "The figure as PNG bytes (what an ipywidgets Image shows); the figure is closed."
+    buf = io.BytesIO()
+    try: fig.savefig(buf, format="png", dpi=dpi)
+    finally: plt.close(fig)
+    return buf.getvalue()
