@@ -71,9 +71,9 @@ def pamr_affinity(image: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Ten
 def propagation_matrix(affinity: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
     "Sparse CSR (B·H·W)×(B·H·W) matrix P of Eq. 7 from `affinity` B×8D×H×W (row i: α_in at i's neighbours)."
     B, N, H, W = affinity.shape
-    idx = neighbour_index(H, W, dilations, device=affinity.device).flatten(1).T              # HW×N
-    cols, order = (idx + H * W * torch.arange(B, device=affinity.device)[:, None, None]).sort(-1)
-    vals = affinity.flatten(2).transpose(1, 2).gather(-1, order)                           # B×HW×N
+    idx, order = neighbour_index(H, W, dilations, device=affinity.device).flatten(1).T.sort(-1)   # HW×N, the same in every block
+    cols = idx + H * W * torch.arange(B, device=affinity.device)[:, None, None]
+    vals = affinity.flatten(2).transpose(1, 2).gather(-1, order.expand(B, -1, -1))         # B×HW×N
     itype = torch.int32 if B * H * W * N < 2**31 else torch.int64
     crow = torch.arange(0, B * H * W * N + 1, N, device=affinity.device, dtype=itype)
     with warnings.catch_warnings():

@@ -339,7 +339,7 @@ register_table(TableSpec(
     caption='Mask quality with false-positive classes removed using ground-truth image labels',
     metric='train_gt.mIoU', experiment='train_eval',
     params={'evals': {'train_gt': {'split': 'train', 'gt_labels': True, 'max_images': 200}, 'train_gt_crf': {'split': 'train', 'gt_labels': True, 'crf': True, 'max_images': 200}}},
-    quick={'method_cfg.pretrain_epochs': 1},
+    quick={'epochs': 5},
     rows=[
         Row('CAM (our baseline)', overrides={'method': 'cam'}, paper=48.0),
         Row('CAM + RW', overrides=None, paper=58.1),
@@ -358,7 +358,7 @@ register_table(TableSpec(
     id='ssss_t9', paper='ssss', paper_table='Supplement Table 9',
     caption='Backbones: CAM baseline vs ours, mask quality with ground-truth image labels',
     metric='val.mIoU', experiment='train_eval',
-    quick={'method_cfg.pretrain_epochs': 1},
+    quick={'epochs': 5},
     rows=[
         Row('VGG16: CAM', overrides={'method': 'cam', 'backbone': 'vgg16'}, paper=41.2, quick=False),
         Row('VGG16: Ours', overrides={'method': 'ssss', 'backbone': 'vgg16'}, paper=55.9, quick=False),
@@ -381,7 +381,7 @@ register_table(TableSpec(
     id='shape_t2', paper='shape', paper_table='Table 2',
     caption='Boundary IoU against other single-stage methods and a fully supervised model',
     metric='val.bIoU', experiment='train_eval',
-    quick={'method_cfg.pretrain_epochs': 1},
+    quick={'epochs': 5},
     rows=[
         Row('DeepLabV3 (fully supervised)', overrides={'method': 'full'}, paper=60.4),
         Row('RRM', overrides=None, paper=42.0),
@@ -397,6 +397,7 @@ register_table(TableSpec(
     caption='Components: shape cue module (SCM) and semantics-augmented refinement (SPR) on a PAMR baseline',
     metric='val.mIoU', experiment='train_eval',
     base={'method': 'shape'},
+    quick={'method_cfg.pretrain_epochs': 1},
     rows=[
         Row('#1 baseline (PAMR refinement)', overrides={'method_cfg.scm': False, 'method_cfg.spr_alpha': 1.0}, paper=41.7),
         Row('#2 + SPR', overrides={'method_cfg.scm': False, 'method_cfg.spr_alpha': 0.8}, paper=44.1),
@@ -414,6 +415,7 @@ register_table(TableSpec(
     caption='SPR balance α between colour affinity (α=1, PAMR) and class-score affinity (α=0)',
     metric='val.mIoU', experiment='train_eval',
     base={'method': 'shape', 'method_cfg.scm': True},
+    quick={'method_cfg.pretrain_epochs': 1},
     rows=[
         Row('α=0.0', overrides={'method_cfg.spr_alpha': 0.0}, paper=39.1),
         Row('α=0.5', overrides={'method_cfg.spr_alpha': 0.5}, paper=55.5, quick=False),
@@ -433,6 +435,7 @@ register_table(TableSpec(
     caption='Losses from the pseudo masks: pixel-wise and region-wise terms',
     metric='val.mIoU', experiment='train_eval',
     base={'method': 'shape'},
+    quick={'method_cfg.pretrain_epochs': 1},
     rows=[
         Row('L_cls only', overrides={'method_cfg.pixel_loss': False, 'method_cfg.region_loss': False}, paper=35.6),
         Row('L_cls + L_pixel', overrides={'method_cfg.pixel_loss': True, 'method_cfg.region_loss': False}, paper=58.1),
@@ -510,7 +513,7 @@ register_table(TableSpec(
     caption='ISL and FSL applied separately (and together) to several baselines',
     metric='val.J&F', experiment='train_eval',
     base={'method': 'cam'},
-    quick={'method_cfg.pretrain_epochs': 1},
+    quick={'epochs': 5},
     rows=[
         Row('SEAM (Res38) baseline', overrides={'isl.lam': 0.0, 'fsl.weight': 0.0}, paper=51.9),
         Row('SEAM (Res38) +ISL', overrides={'isl.lam': 0.2, 'isl.n_samples': 10, 'isl.posterior': 'binomial', 'fsl.weight': 0.0}, paper=53.3),

@@ -17,11 +17,12 @@ from .core import (ConfigError, CheckpointError, WSSSError, get_device, seed_eve
 from .data import VOCDataset, collate, train_transform
 from .metrics import SegEvaluator
 from .methods import METHODS, BackboneConfig, build_method, method_config
-import wsss_nb.cam, wsss_nb.ssss, wsss_nb.bap  # registers the methods: every method notebook is imported here  # noqa: F401
+from .hfpl import ISLConfig, FSLConfig, with_hfpl
+import wsss_nb.cam, wsss_nb.ssss, wsss_nb.spr, wsss_nb.bap, wsss_nb.nal  # registers the methods: every method notebook is imported here  # noqa: F401
 
 # %% auto #0
-__all__ = ['RunConfig', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'to_device', 'validate', 'TrainingError',
-           'run_dir', 'load_checkpoint', 'train']
+__all__ = ['RunConfig', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'setup_training', 'to_device', 'validate',
+           'TrainingError', 'run_dir', 'load_checkpoint', 'train']
 
 # %% ../nbs/50_train.ipynb #29da1bfa
 @dataclass
@@ -59,9 +60,14 @@ class RunConfig:
     log_interval: int = 10
     num_workers: int = 0
     progress: bool = True
+    isl: ISLConfig = field(default_factory=ISLConfig)   # importance sampling loss: on when isl.lam > 0
+    fsl: FSLConfig = field(default_factory=FSLConfig)   # feature similarity loss: on when fsl.weight > 0
 
     def __post_init__(self):
         self.method_cfg = dataclasses.asdict(method_config(self.method, self.method_cfg))
+        if self.hfpl and not METHODS[self.method].image_labels:
+            ok = sorted(n for n, m in METHODS.items() if m.image_labels)
+            raise ConfigError(f"isl/fsl: method={self.method!r} is not trained from image labels; the HFPL losses apply to {ok}")
         for k in ("epochs", "batch_size", "crop"):
             if getattr(self, k) < 1: raise ConfigError(f"{k}={getattr(self, k)}: expected ≥ 1")
         if self.lr <= 0 or self.lr_backbone < 0: raise ConfigError(f"lr={self.lr}, lr_backbone={self.lr_backbone}: expected lr > 0, lr_backbone ≥ 0")
@@ -71,16 +77,22 @@ class RunConfig:
         return BackboneConfig(self.backbone, self.output_stride, self.weights, self.freeze_bn)
 
     @property
+    def hfpl(self) -> bool: return self.isl.lam > 0 or self.fsl.weight > 0
+
+    @property
     def key(self) -> str:
-        "The run's hash over the fields that change its numbers."
+        "The run's hash over the fields that change its numbers (add-ons at their defaults left out)."
         d = to_dict(self)
         for k in _UNHASHED: d.pop(k)
+        for k, default in (("isl", ISLConfig()), ("fsl", FSLConfig())):
+            if d[k] == to_dict(default): d.pop(k)
         return config_hash(d)
 
 _UNHASHED = ("out_dir", "device", "log_interval", "num_workers", "progress")
+_NESTED = ("method_cfg", "isl", "fsl")
 
 def run_config(cfg=None, **overrides) -> RunConfig:
-    "A `RunConfig` from a RunConfig, dict or json path, with `overrides` (dotted keys reach `method_cfg`)."
+    "A `RunConfig` from a RunConfig, dict or json path, with `overrides` (dotted keys reach `method_cfg`, `isl`, `fsl`)."
     if isinstance(cfg, (str, Path)):
         p = Path(cfg)
         try: cfg = json.loads(p.read_text())
@@ -90,8 +102,8 @@ def run_config(cfg=None, **overrides) -> RunConfig:
     for k, v in overrides.items():
         if "." in k:
             top, sub = k.split(".", 1)
-            if top != "method_cfg": raise ConfigError(f"{k}: only method_cfg.<field> may be dotted")
-            d.setdefault("method_cfg", {}); d["method_cfg"] = {**d["method_cfg"], sub: v}
+            if top not in _NESTED: raise ConfigError(f"{k}: only {', '.join(f'{t}.<field>' for t in _NESTED)} may be dotted")
+            d[top] = {**dict(d.get(top) or {}), sub: v}
         else: d[k] = v
     if "method" in overrides and "method_cfg" not in overrides and isinstance(cfg, RunConfig) and cfg.method != d["method"]:
         d["method_cfg"] = {}                          # a new method starts from its own defaults
@@ -112,13 +124,22 @@ def set_lr(opt, cfg: RunConfig, it: int, total: int) -> float:
     return f
 
 # %% ../nbs/50_train.ipynb #8e64a1fa
-def make_datasets(cfg: RunConfig):
-    "Train (with augmentation) and val datasets of a run, cut to `max_*_images` when set."
+def make_datasets(cfg: RunConfig, train_options: dict | None = None):
+    "Train (with augmentation and the method's `train_options`) and val datasets of a run, cut to `max_*_images`."
     tfm = train_transform(crop=cfg.crop, scale_range=tuple(cfg.scale_range) or None, flip=cfg.flip, jitter=cfg.jitter)
-    tr, va = VOCDataset(cfg.data_root, cfg.train_split, transform=tfm), VOCDataset(cfg.data_root, cfg.val_split)
-    if cfg.max_train_images: tr.names = tr.names[:cfg.max_train_images]
-    if cfg.max_val_images: va.names = va.names[:cfg.max_val_images]
+    opts = dict(train_options or {})
+    clash = sorted({"transform", "max_images"} & set(opts))
+    if clash: raise ConfigError(f"train_options: {clash} are set by the run config, not by the method")
+    tr = VOCDataset(cfg.data_root, cfg.train_split, transform=tfm, max_images=cfg.max_train_images, **opts)
+    va = VOCDataset(cfg.data_root, cfg.val_split, max_images=cfg.max_val_images)
     return tr, va
+
+def setup_training(model, cfg: RunConfig, run_dir) -> dict:
+    "The method's extra training-data options (`model.setup_training(cfg, run_dir)`, `{}` without the hook)."
+    hook = getattr(model, "setup_training", None)
+    opts = hook(cfg, Path(run_dir)) if hook is not None else {}
+    if not isinstance(opts, dict): raise ConfigError(f"{type(model).__name__}.setup_training: expected a dict of VOCDataset options, got {type(opts).__name__}")
+    return opts
 
 def to_device(batch: dict, device) -> dict:
     "Move a collated batch's tensors (and lists of tensors) to `device`."
@@ -170,8 +191,9 @@ def train(cfg, **overrides) -> dict:
     atomic_write_json(rd/"config.json", cfg_d)
     device = get_device(cfg.device)
     seed_everything(cfg.seed)
-    train_ds, val_ds = make_datasets(cfg)
-    model = build_method(cfg.method, train_ds.num_classes, cfg.method_cfg, cfg.backbone_cfg).to(device)
+    classes = VOCDataset(cfg.data_root, cfg.val_split, max_images=1).num_classes
+    model = build_method(cfg.method, classes, cfg.method_cfg, cfg.backbone_cfg).to(device)
+    train_ds, val_ds = make_datasets(cfg, setup_training(model, cfg, rd))
     opt = make_optimizer(model, cfg)
     history, start, final = [], 0, None
     if (rd/"checkpoint.pt").exists():
@@ -205,7 +227,8 @@ def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device)
         set_lr(opt, cfg, it, total)
         batch = to_device(batch, device)
         with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=cfg.amp):
-            terms = model.losses(batch, model(batch), epoch)
+            out = model(batch); terms = model.losses(batch, out, epoch)
+            if cfg.hfpl: terms = with_hfpl(terms, batch, out["cams"], batch["labels"], cfg.isl, cfg.fsl)
         _check_finite(terms, it, epoch)
         opt.zero_grad(set_to_none=True); terms["total"].backward()
         if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
