@@ -63,6 +63,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> int:
     return seed
 
 # %% ../nbs/00_core.ipynb #e507bf0d
+_UMASK = os.umask(0); os.umask(_UMASK)           # the process umask (read once: os.umask can only be read by setting it)
+
 @contextmanager
 def atomic_open(path, mode: str = "wb", **kwargs):
     "Open a temporary file beside `path`; on success it replaces `path` atomically, on error it is removed."
@@ -75,6 +77,7 @@ def atomic_open(path, mode: str = "wb", **kwargs):
         with os.fdopen(fd, mode.replace("a", "w").replace("x", "w"), **kwargs) as f:
             yield f
             f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)               # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)

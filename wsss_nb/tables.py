@@ -86,10 +86,11 @@ def get_table(table_id: str) -> TableSpec:
     return TABLES[table_id]
 
 # %% ../nbs/70_tables.ipynb #3ce5b54b
+_FROM_SCRATCH = dict(optimizer="adamw", lr=3e-3, lr_backbone=3e-3)   # the benchmark's calibration (50_train): tiny from scratch
 PROFILES = {
-    "quick": dict(seeds=(0,), run=dict(max_train_images=240, max_val_images=80, epochs=3, progress=False),
-                  bana=dict(max_train_images=240, max_val_images=80, cls_epochs=3, seg_epochs=3, progress=False)),
-    "full":  dict(seeds=(0, 1, 2), run=dict(progress=False), bana=dict(progress=False)),
+    "quick": dict(seeds=(0,), run=dict(max_train_images=120, max_val_images=40, epochs=3, progress=False, **_FROM_SCRATCH),
+                  bana=dict(max_train_images=120, max_val_images=40, cls_epochs=3, seg_epochs=2, progress=False)),
+    "full":  dict(seeds=(0, 1, 2), run=dict(epochs=15, progress=False, **_FROM_SCRATCH), bana=dict(progress=False)),
 }
 
 def table_points(spec: TableSpec, profile: str = "quick", runs_root="runs", data_root=None) -> list[dict]:
@@ -135,8 +136,9 @@ def run_point(config: dict, experiment: str = "train_eval", params: dict | None 
         nb = Path(notebooks)/f"{experiment}.ipynb"
         if not nb.is_file(): raise ConfigError(f"experiment={experiment!r}: no notebook {nb}")
         out.mkdir(parents=True, exist_ok=True)
-        pm.execute_notebook(str(nb), str(out/nb.name), parameters=dict(config=config, results_path=str(res), **params),
-                            kernel_name=kernel, progress_bar=False, cwd=str(out))
+        plain = json.loads(json.dumps(dict(config=config, **params)))     # tuples → lists: papermill passes only json types
+        pm.execute_notebook(str(nb), str(out/nb.name), parameters=dict(plain, results_path=str(res)),
+                            kernel_name=kernel, progress_bar=False)   # no cwd=: papermill would chdir the whole process
         return dict(status="done", results=json.loads(res.read_text()), error=None, path=str(out), seconds=round(time.time() - t0, 1))
     except pm.PapermillExecutionError as e:
         err = f"{e.ename}: {e.evalue}".splitlines()[0]
@@ -206,7 +208,7 @@ def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profil
 def run_table(table_id: str, profile: str = "quick", jobs: int = 1, runs_root="runs", out_dir="papers_tables",
               data_root=None, notebooks=EXPERIMENTS_DIR, progress: bool = True) -> dict:
     "Run the missing points of a table (`jobs` papermill processes), then write its markdown and csv atomically."
-    spec = get_table(table_id)
+    spec, out_dir = get_table(table_id), Path(out_dir).absolute()
     if not isinstance(jobs, int) or jobs < 1: raise ConfigError(f"jobs={jobs!r}: expected a positive integer")
     pts = table_points(spec, profile, runs_root, data_root)
     key = lambda p: json.dumps([p["config"], p["params"]], sort_keys=True, default=str)
@@ -236,9 +238,10 @@ def write_index(out_dir="papers_tables") -> Path:
     "papers_tables/README.md: every written table with a one-line reading of its claims."
     out = Path(out_dir); lines = ["# The papers' tables on the built-in benchmark", "",
         "Each table re-runs a paper's ablation on the synthetic benchmark (`wsss_nb.synthetic`) and prints our "
-        "numbers beside the paper's PASCAL VOC numbers. The claim column says whether the paper's direction of "
-        "effect holds here. Quick-profile numbers come from one seed and a few epochs on a few hundred images: "
-        "a smoke signal, not evidence; `wsss-nb tables --profile full` runs three seeds at full size.", ""]
+        "numbers beside the paper's PASCAL VOC numbers. The claim columns say whether the paper's direction of "
+        "effect holds here (n/a: a row of the claim is another paper's method or runs only in the full profile). "
+        "Quick-profile numbers come from one seed and a few epochs on a few hundred images: "
+        "a smoke signal that every grid point runs, not evidence; `wsss-nb tables --profile full` runs three seeds at full size.", ""]
     for paper, title in PAPERS.items():
         recs = [json.loads(f.read_text()) for f in sorted((out/"results").glob("*.json"))]
         recs = [r for r in recs if r["paper"] == paper]
@@ -248,9 +251,10 @@ def write_index(out_dir="papers_tables") -> Path:
         for r in recs:
             v = [c["verdict"] for c in r["claims"]]
             reading = "; ".join(f"{c['better']} > {c['worse']}: {c['verdict']}" for c in r["claims"]) or "no directional claim"
-            rows.append([f"[{r['paper_table']}]({r['id']}.md)", r["caption"], r["profile"],
-                         f"{v.count('holds')}/{len(v)}" if v else "–", reading])
-        lines += [_md_table(["Table", "What", "Profile", "Claims holding", "Reading"], rows), ""]
+            decided = len(v) - v.count("n/a")
+            count = (f"{v.count('holds')}/{decided}" + (f" ({v.count('n/a')} n/a)" if v.count("n/a") else "")) if v else "–"
+            rows.append([f"[{r['paper_table']}]({r['id']}.md)", r["caption"], r["profile"], count, reading])
+        lines += [_md_table(["Table", "What", "Profile", "Claims holding / decided", "Reading"], rows), ""]
     return atomic_write_text(out/"README.md", "\n".join(lines))
 
 # %% ../nbs/70_tables.ipynb #24115e74

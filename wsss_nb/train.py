@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_train.ipynb #8d83b915
 from __future__ import annotations
-import dataclasses, json, math, time, typing
+import dataclasses, fcntl, json, math, time, typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,7 +186,12 @@ def train(cfg, **overrides) -> dict:
     "Train (or resume, or just return) the run described by `cfg`; returns its metrics dict."
     cfg = run_config(cfg, **overrides)
     rd = run_dir(cfg); rd.mkdir(parents=True, exist_ok=True)
-    for stale in rd.glob(".*.tmp"): stale.unlink()      # left by a run killed mid-write (one process per run)
+    with open(rd/".lock", "w") as lock:           # one process per run: a second one asking for it waits, then
+        fcntl.flock(lock, fcntl.LOCK_EX)          # finds it finished (the lock dies with its process)
+        return _train(cfg, rd)
+
+def _train(cfg: RunConfig, rd: Path) -> dict:
+    for stale in rd.glob(".*.tmp"): stale.unlink()      # left by a run killed mid-write (we hold the lock)
     cfg_d = to_dict(cfg)
     atomic_write_json(rd/"config.json", cfg_d)
     device = get_device(cfg.device)
