@@ -42,3 +42,16 @@ def test_tiny_table_through_papermill(tmp_path):
         assert "tiny_test.md" in index
     finally:
         TABLES.pop("tiny_test", None)
+
+
+def test_experiment_notebooks_have_a_parameters_cell():
+    """papermill injects values after the cell tagged `parameters`; nbdev_clean must keep that tag (settings.ini)."""
+    from wsss_nb.tables import EXPERIMENTS_DIR
+    nbs = sorted(EXPERIMENTS_DIR.glob("*.ipynb"))
+    assert {p.stem for p in nbs} >= {"train_eval", "pseudo_labels", "bana"}
+    for p in nbs:
+        cells = json.loads(p.read_text())["cells"]
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), p
+    for p in sorted((Path(__file__).parents[1] / "papers_tables").glob("*.ipynb")):
+        cells = json.loads(p.read_text())["cells"]
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), p

@@ -21,8 +21,8 @@ from .hfpl import ISLConfig, FSLConfig, with_hfpl
 import wsss_nb.cam, wsss_nb.ssss, wsss_nb.spr, wsss_nb.bap, wsss_nb.nal  # registers the methods: every method notebook is imported here  # noqa: F401
 
 # %% auto #0
-__all__ = ['RunConfig', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'setup_training', 'to_device', 'validate',
-           'TrainingError', 'run_dir', 'load_checkpoint', 'train']
+__all__ = ['RunConfig', 'data_fingerprint', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'setup_training',
+           'to_device', 'validate', 'TrainingError', 'run_dir', 'load_checkpoint', 'train']
 
 # %% ../nbs/50_train.ipynb #29da1bfa
 @dataclass
@@ -86,9 +86,17 @@ class RunConfig:
         for k in _UNHASHED: d.pop(k)
         for k, default in (("isl", ISLConfig()), ("fsl", FSLConfig())):
             if d[k] == to_dict(default): d.pop(k)
+        fp = data_fingerprint(self.data_root)
+        if fp is not None: d["data"] = fp                  # a rebuilt benchmark gets new run folders
         return config_hash(d)
 
 _UNHASHED = ("out_dir", "device", "log_interval", "num_workers", "progress")
+
+def data_fingerprint(root) -> str | None:
+    "Hash of a generated benchmark's `benchmark.json` (generator version, sizes, seed, knobs); None for other datasets."
+    meta = Path(root)/"benchmark.json"
+    try: return config_hash(json.loads(meta.read_text()))
+    except (OSError, ValueError): return None
 _NESTED = ("method_cfg", "isl", "fsl")
 
 def run_config(cfg=None, **overrides) -> RunConfig:
