@@ -9,24 +9,19 @@ from contextlib import contextmanager
 
 import torch
 
-from .core import ConfigError, get_device
+from .core import ConfigError, get_device, check_int
 from .pamr import PAMR, pamr_reference, check_dilations
 
 # %% auto #0
 __all__ = ['time_call', 'torch_threads', 'bench_pamr', 'bench_fsl']
 
 # %% ../nbs/90_bench.ipynb #866a5841
-def _check_int(name, v, lo):
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise ConfigError(f"{name}={v!r}: expected an integer ≥ {lo}")
-    return v
-
 def _sync(device):
     if device is not None and torch.device(device).type == "cuda": torch.cuda.synchronize(device)
 
 def time_call(fn, repeats: int = 5, warmup: int = 1, device=None) -> tuple[float, object]:
     "Median wall time (s) of `fn()` over `repeats` calls after `warmup` calls, under no_grad; and the last result."
-    _check_int("repeats", repeats, 1); _check_int("warmup", warmup, 0)
+    check_int(repeats, "repeats"); check_int(warmup, "warmup", 0)
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
@@ -40,7 +35,7 @@ def time_call(fn, repeats: int = 5, warmup: int = 1, device=None) -> tuple[float
 def torch_threads(threads: int | None = None):
     "Run the block with `threads` intra-op CPU threads (None: leave torch's setting); restores the old setting."
     old = torch.get_num_threads()
-    if threads is not None: torch.set_num_threads(_check_int("threads", threads, 1))
+    if threads is not None: torch.set_num_threads(check_int(threads, "threads"))
     try: yield torch.get_num_threads()
     finally: torch.set_num_threads(old)
 
@@ -48,9 +43,9 @@ def torch_threads(threads: int | None = None):
 def bench_pamr(batch: int = 8, classes: int = 21, present: int = 2, size: int = 81, num_iter: int = 10,
                dilations=(1, 2, 4, 8, 12, 24), repeats: int = 5, device=None, threads: int | None = None) -> dict:
     "Time `pamr_reference` vs `PAMR` (with labels) on the same random inputs; print and return the numbers."
-    batch, size, repeats = _check_int("batch", batch, 1), _check_int("size", size, 1), _check_int("repeats", repeats, 1)
-    classes, num_iter = _check_int("classes", classes, 2), _check_int("num_iter", num_iter, 0)
-    present = _check_int("present", present, 0)
+    batch, size, repeats = check_int(batch, "batch"), check_int(size, "size"), check_int(repeats, "repeats")
+    classes, num_iter = check_int(classes, "classes", 2), check_int(num_iter, "num_iter", 0)
+    present = check_int(present, "present", 0)
     if present > classes - 1: raise ConfigError(f"present={present}: at most classes - 1 = {classes - 1} foreground classes")
     dilations, device = check_dilations(dilations), get_device(device)
     g = torch.Generator().manual_seed(0)
@@ -146,10 +141,10 @@ def bench_fsl(batch: int = 8, classes: int = 21, sizes=(56, 112), present: int |
               mu: float = 2.5, repeats: int = 3, dense_repeats: int = 1, device=None, threads: int | None = None,
               timeout: float = 1800) -> dict:
     "Time and peak memory of FSL forward + backward, dense vs windowed (radius 4σ), at each size; print and return the numbers."
-    batch, classes = _check_int("batch", batch, 1), _check_int("classes", classes, 2)
-    repeats, dense_repeats = _check_int("repeats", repeats, 1), _check_int("dense_repeats", dense_repeats, 1)
-    sizes = [_check_int("size", s, 2) for s in sizes]
-    if present is not None and not 0 <= _check_int("present", present, 0) <= classes - 1:
+    batch, classes = check_int(batch, "batch"), check_int(classes, "classes", 2)
+    repeats, dense_repeats = check_int(repeats, "repeats"), check_int(dense_repeats, "dense_repeats")
+    sizes = [check_int(s, "size", 2) for s in sizes]
+    if present is not None and not 0 <= check_int(present, "present", 0) <= classes - 1:
         raise ConfigError(f"present={present}: at most classes - 1 = {classes - 1} foreground classes")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
         raise ConfigError(f"sigma={sigma!r}: expected a positive number")

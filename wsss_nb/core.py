@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'WSSSError', 'DataError', 'ConfigError', 'CheckpointError', 'get_device', 'to_numpy',
-           'seed_everything', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+__all__ = ['IGNORE_INDEX', 'WSSSError', 'DataError', 'ConfigError', 'CheckpointError', 'check_int', 'check_num', 'get_device',
+           'to_numpy', 'seed_everything', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
            'atomic_torch_save', 'voc_palette', 'to_dict', 'from_dict', 'config_hash']
 
 # %% ../nbs/00_core.ipynb #278e8851
@@ -28,6 +28,24 @@ class ConfigError(WSSSError, ValueError):
 
 class CheckpointError(WSSSError, RuntimeError):
     "A checkpoint cannot be read or does not match the run."
+
+# %% ../nbs/00_core.ipynb #a4724a0e
+def check_int(v, name: str, lo: int = 1) -> int:
+    "`v` as an int when it is an integer ≥ `lo` (numpy integers too), else a `ConfigError` naming `name`."
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ConfigError(f"{name}={v!r}: expected {'a positive integer' if lo == 1 else f'an integer ≥ {lo}'}")
+    return int(v)
+
+def check_num(v, name: str, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> float:
+    "`v` as a float when it is a finite real in the range [lo, hi] (open ends on request), else a `ConfigError`."
+    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and bool(np.isfinite(v))
+    ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
+    if not ok:
+        if lo == 0 and lo_open and hi is None: what = "a positive number"
+        else: what = (f"a number in {'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
+                      f"{')' if hi_open or hi is None else ']'}")
+        raise ConfigError(f"{name}={v!r}: expected {what}")
+    return float(v)
 
 # %% ../nbs/00_core.ipynb #ee845778
 def get_device(device: str | torch.device | None = None) -> torch.device:

@@ -10,18 +10,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError
+from .core import ConfigError, DataError, check_int
 
 # %% auto #0
 __all__ = ['conv_bn_relu', 'aspp_rates', 'ASPP', 'DeepLabV3PlusDecoder', 'CAMHead', 'normalize_cams', 'cams_to_probs',
            'cosine_logits', 'CosineClassifier']
 
 # %% ../nbs/06_heads.ipynb #6aa2251b
-def _pos_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ConfigError(f"{name}={v!r}: expected a positive integer")
-    return v
-
 def _check_tensor(x, name: str, layout: str = "B×K×H×W", ndims=(4,), channels: int | None = None):
     "`x` must be a non-empty float tensor with `x.ndim` in `ndims` (and `channels` channels in dim 1)."
     if not isinstance(x, torch.Tensor):
@@ -57,7 +52,7 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dila
 # %% ../nbs/06_heads.ipynb #49ff9e04
 def aspp_rates(output_stride: int = 16, base=(6, 12, 18)) -> tuple[int, ...]:
     "ASPP dilation rates for `output_stride`: `base` (given for stride 16) × 16 / output_stride; (12, 24, 36) at 8."
-    _pos_int(output_stride, "output_stride")
+    check_int(output_stride, "output_stride")
     rates = tuple(r * 16 / output_stride for r in base)
     if any(r != int(r) or r < 1 for r in rates):
         raise ConfigError(f"output_stride={output_stride!r}: the rates {tuple(base)} × 16/{output_stride} are not "
@@ -68,7 +63,7 @@ class ASPP(nn.Module):
     "DeepLabv3 ASPP: 1×1, three dilated 3×3 and an image-pooling branch, concatenated and projected to `out_channels`."
     def __init__(self, in_channels: int, out_channels: int = 256, rates=(6, 12, 18), dropout: float = 0.1):
         super().__init__()
-        _pos_int(in_channels, "in_channels"); _pos_int(out_channels, "out_channels")
+        check_int(in_channels, "in_channels"); check_int(out_channels, "out_channels")
         if (not isinstance(rates, (tuple, list)) or not rates
                 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
             raise ConfigError(f"rates={rates!r}: expected a non-empty sequence of positive integer dilation rates")
@@ -98,7 +93,7 @@ class DeepLabV3PlusDecoder(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, skip_proj: int = 48, out_channels: int = 256):
         super().__init__()
         for v, n in [(in_channels, "in_channels"), (skip_channels, "skip_channels"), (skip_proj, "skip_proj"),
-                     (out_channels, "out_channels")]: _pos_int(v, n)
+                     (out_channels, "out_channels")]: check_int(v, n)
         self.in_channels, self.skip_channels, self.out_channels = in_channels, skip_channels, out_channels
         self.skip = conv_bn_relu(skip_channels, skip_proj, 1)
         self.fuse = nn.Sequential(conv_bn_relu(in_channels + skip_proj, out_channels, 3),
@@ -130,7 +125,7 @@ class CAMHead(nn.Module):
     "1×1 linear classifier without bias: `forward(features)` → dict(cams=B×C×h×w raw maps, logits=B×C GAP scores)."
     def __init__(self, in_channels: int, num_classes: int):
         super().__init__()
-        _pos_int(in_channels, "in_channels"); _pos_int(num_classes, "num_classes")
+        check_int(in_channels, "in_channels"); check_int(num_classes, "num_classes")
         self.in_channels, self.num_classes = in_channels, num_classes
         self.classifier = nn.Conv2d(in_channels, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)  # as the SSSS CAM baseline
@@ -188,7 +183,7 @@ class CosineClassifier(nn.Module):
     "Per-pixel logits τ·cos(f(p), w_c) (BANA); `cosine=False` gives the dot product f(p)·w_c. B×K(×H×W) → B×C(×H×W)."
     def __init__(self, in_channels: int, num_classes: int, scale: float = 20.0, cosine: bool = True):
         super().__init__()
-        _pos_int(in_channels, "in_channels"); _pos_int(num_classes, "num_classes")
+        check_int(in_channels, "in_channels"); check_int(num_classes, "num_classes")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"scale={scale!r}: expected a positive number (τ)")
         self.in_channels, self.num_classes, self.scale, self.cosine = in_channels, num_classes, float(scale), bool(cosine)

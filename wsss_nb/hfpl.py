@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError
+from .core import ConfigError, DataError, check_int, check_num
 from .heads import normalize_cams, _check_tensor
 
 # %% auto #0
@@ -23,19 +23,6 @@ __all__ = ['POSTERIORS', 'GATINGS', 'TABLE_METRICS', 'isl_probs', 'importance_sa
 # %% ../nbs/30_isl_fsl.ipynb #b070309c
 POSTERIORS = ("binomial", "multinomial")
 GATINGS = ("r", "b", "s", "a")
-
-def _pos_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ConfigError(f"{name}={v!r}: expected a positive integer")
-    return v
-
-def _num(v, name: str, lo=None, hi=None, lo_open: bool = False) -> float:
-    "A finite real number in [lo, hi] (or (lo, hi]), else a ConfigError naming `name`."
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or v <= hi)
-    if not ok:
-        raise ConfigError(f"{name}={v!r}: expected a number in {'(' if lo_open else '['}{'-inf' if lo is None else lo}, "
-                          f"{'inf)' if hi is None else f'{hi}]'}")
-    return float(v)
 
 def _check_labels(labels, shape) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != tuple(shape):
@@ -50,7 +37,7 @@ def isl_probs(logits: torch.Tensor, posterior: str = "binomial", bg_logit: float
     x = logits.detach().float()
     if posterior == "binomial": return x.sigmoid() + 1e-5
     if posterior != "multinomial": raise ConfigError(f"posterior={posterior!r}: expected one of {list(POSTERIORS)}")
-    if bg_logit is not None: x = torch.cat([torch.full_like(x[:, :1], _num(bg_logit, "bg_logit")), x], 1)
+    if bg_logit is not None: x = torch.cat([torch.full_like(x[:, :1], check_num(bg_logit, "bg_logit")), x], 1)
     p = x.softmax(1)[:, 0 if bg_logit is None else 1:]
     return p.clamp_min(torch.finfo(p.dtype).tiny)   # a map that underflowed everywhere stays a valid distribution
 
@@ -60,7 +47,7 @@ def importance_sample(logits: torch.Tensor, probs: torch.Tensor, n_samples: int 
     if not isinstance(probs, torch.Tensor) or probs.shape != logits.shape:
         raise DataError(f"probs: expected a tensor of the logits' shape {tuple(logits.shape)}")
     B, C, h, w = logits.shape
-    idx = torch.multinomial(probs.reshape(B * C, h * w), _pos_int(n_samples, "n_samples"), replacement=True,
+    idx = torch.multinomial(probs.reshape(B * C, h * w), check_int(n_samples, "n_samples"), replacement=True,
                             generator=generator).view(B, C, n_samples)
     return logits.flatten(2).gather(2, idx), idx
 
@@ -75,7 +62,7 @@ def importance_sampling_loss(logits: torch.Tensor, labels: torch.Tensor, n_sampl
 def combined_cls_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.2, **isl) -> torch.Tensor:
     "(1-λ)·L_GAP + λ·L_IS (Eq. 16); L_GAP is the multi-label soft margin of the spatial mean. `isl`: ISL options."
     _check_tensor(logits, "logits", "B×C×h×w")
-    lam = _num(lam, "lam", 0, 1)
+    lam = check_num(lam, "lam", 0, 1)
     gap = F.multilabel_soft_margin_loss(logits.mean((2, 3)), _check_labels(labels, logits.shape[:2]).to(logits.dtype))
     return gap if lam == 0 else (1 - lam) * gap + lam * importance_sampling_loss(logits, labels, **isl)
 
@@ -152,14 +139,14 @@ def feature_similarity_loss(image: torch.Tensor, cam: torch.Tensor, mu: float = 
     _check_tensor(image, "image", "B×3×h×w"); _check_tensor(cam, "cam", "B×C×h×w")
     if image.shape[0] != cam.shape[0] or image.shape[2:] != cam.shape[2:]:
         raise DataError(f"image, cam: expected the same batch size and h×w, got {tuple(image.shape)} and {tuple(cam.shape)}")
-    mu = _num(mu, "mu")
-    if sigma is not None: sigma = _num(sigma, "sigma", 0, lo_open=True)
+    mu = check_num(mu, "mu")
+    if sigma is not None: sigma = check_num(sigma, "sigma", 0, lo_open=True)
     if isinstance(radius, str):
         if radius != "auto" or sigma is None:
             raise ConfigError(f"radius={radius!r}: expected a number ≥ 1, None (dense) or 'auto' (4σ, needs a sigma)")
         radius = 4 * sigma
-    elif radius is not None: radius = _num(radius, "radius", 1)
-    if cpu_threads is not None: _pos_int(cpu_threads, "cpu_threads")
+    elif radius is not None: radius = check_num(radius, "radius", 1)
+    if cpu_threads is not None: check_int(cpu_threads, "cpu_threads")
     B, _, h, w = cam.shape
     with torch.autocast(cam.device.type, enabled=False):
         a = _nonzero_channels(cam if cam.dtype in (torch.float32, torch.float64) else cam.float())
@@ -199,9 +186,9 @@ class ISLConfig:
     bg_logit: float | None = None          # multinomial only: a constant background logit joins the softmax
 
     def __post_init__(self):
-        _num(self.lam, "isl.lam", 0, 1); _pos_int(self.n_samples, "isl.n_samples")
+        check_num(self.lam, "isl.lam", 0, 1); check_int(self.n_samples, "isl.n_samples")
         if self.posterior not in POSTERIORS: raise ConfigError(f"isl.posterior={self.posterior!r}: expected one of {list(POSTERIORS)}")
-        if self.bg_logit is not None: _num(self.bg_logit, "isl.bg_logit")
+        if self.bg_logit is not None: check_num(self.bg_logit, "isl.bg_logit")
 
 @dataclass
 class FSLConfig:
@@ -214,9 +201,9 @@ class FSLConfig:
     background: bool = True                # add the background channel, as the official code
 
     def __post_init__(self):
-        _num(self.weight, "fsl.weight", 0); _num(self.mu, "fsl.mu")
-        if self.sigma is not None: _num(self.sigma, "fsl.sigma", 0, lo_open=True)
-        if self.radius is not None: _num(self.radius, "fsl.radius", 1)
+        check_num(self.weight, "fsl.weight", 0); check_num(self.mu, "fsl.mu")
+        if self.sigma is not None: check_num(self.sigma, "fsl.sigma", 0, lo_open=True)
+        if self.radius is not None: check_num(self.radius, "fsl.radius", 1)
         if self.gating not in GATINGS: raise ConfigError(f"fsl.gating={self.gating!r}: expected one of {list(GATINGS)}")
 
     @property

@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage
 from skimage.morphology import disk
 
-from .core import ConfigError, DataError, to_numpy
+from .core import ConfigError, DataError, to_numpy, check_num
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'iou_from_confusion', 'image_iou', 'erosion_iterations', 'boundary_region', 'seg2bmap',
@@ -108,10 +108,6 @@ def image_iou(pred, gt, num_classes: int, ignore_index: int = 255) -> float:
 # %% ../nbs/03_metrics.ipynb #10d6b4a2
 _SQUARE3 = np.ones((3, 3), bool)
 
-def _check_positive(value, name: str):
-    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not value > 0:
-        raise ConfigError(f"{name}={value!r}: expected a positive number")
-
 def erosion_iterations(shape, dilation_ratio: float = 0.02) -> int:
     "Boundary width d = max(1, round(ratio · image diagonal)) of the official Boundary IoU code."
     return max(1, int(round(dilation_ratio * math.hypot(*shape[-2:]))))
@@ -121,7 +117,7 @@ def _inner_boundary(m: np.ndarray, d: int) -> np.ndarray:
 
 def boundary_region(mask, dilation_ratio: float = 0.02) -> np.ndarray:
     "Bool H×W boundary region of a binary mask: the mask minus its d-fold 3×3 erosion (zero border)."
-    _check_positive(dilation_ratio, "dilation_ratio")
+    check_num(dilation_ratio, "dilation_ratio", 0, lo_open=True)
     m = _binary(mask, "mask")
     return _inner_boundary(m, erosion_iterations(m.shape, dilation_ratio))
 
@@ -153,7 +149,7 @@ def _contour_counts(pb: np.ndarray, gb: np.ndarray, radius) -> np.ndarray:
 
 def contour_matches(pred, gt, bound_th: float = 0.008, valid=None) -> tuple[int, int, int, int]:
     "(pred boundary matched, gt boundary matched, #pred boundary, #gt boundary) for two binary masks."
-    _check_positive(bound_th, "bound_th")
+    check_num(bound_th, "bound_th", 0, lo_open=True)
     p, g = _binary(pred, "pred"), _binary(gt, "gt")
     _same_shape(p, g, "pred", "gt")
     if valid is not None:   # DAVIS void handling: void pixels are removed from both masks first
@@ -181,8 +177,8 @@ class SegEvaluator:
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names=None,
                  boundary_ratio: float | None = 0.02, bound_th: float | None = 0.008):
         self.class_names = _check_classes(num_classes, ignore_index, class_names)
-        if boundary_ratio is not None: _check_positive(boundary_ratio, "boundary_ratio")
-        if bound_th is not None: _check_positive(bound_th, "bound_th")
+        if boundary_ratio is not None: check_num(boundary_ratio, "boundary_ratio", 0, lo_open=True)
+        if bound_th is not None: check_num(bound_th, "bound_th", 0, lo_open=True)
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.boundary_ratio, self.bound_th = boundary_ratio, bound_th   # None switches that metric off
         self.reset()

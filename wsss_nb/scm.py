@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError
-from .heads import conv_bn_relu, _check_tensor, _pos_int
+from .core import ConfigError, DataError, check_int, check_num
+from .heads import conv_bn_relu, _check_tensor
 
 # %% auto #0
 __all__ = ['manhattan_offsets', 'sample_offsets', 'self_information', 'drop_probability', 'keep_probability', 'SCM']
@@ -19,7 +19,7 @@ __all__ = ['manhattan_offsets', 'sample_offsets', 'self_information', 'drop_prob
 # %% ../nbs/20_scm.ipynb #84e7caa5
 def manhattan_offsets(radius: int) -> torch.Tensor:
     "All (dy, dx) with 0 < |dy| + |dx| ≤ `radius`, as an N×2 long tensor (N = 2·r·(r+1)), row-major."
-    _pos_int(radius, "radius")
+    check_int(radius, "radius")
     r = torch.arange(-radius, radius + 1)
     dy, dx = torch.meshgrid(r, r, indexing="ij")
     keep = ((dy.abs() + dx.abs()) <= radius) & ((dy != 0) | (dx != 0))
@@ -29,17 +29,13 @@ def sample_offsets(radius: int = 7, n_samples: int | None = 9, generator: torch.
     "`n_samples` distinct offsets (n×2) drawn uniformly from the Manhattan ball of `radius` (centre excluded); None: all."
     offs = manhattan_offsets(radius)
     if n_samples is None: return offs
-    _pos_int(n_samples, "n_samples")
+    check_int(n_samples, "n_samples")
     if n_samples > len(offs):
         raise ConfigError(f"n_samples={n_samples}: the Manhattan ball of radius {radius} has only {len(offs)} offsets")
     return offs[torch.randperm(len(offs), generator=generator)[:n_samples]]
 
-def _positive(v, name: str, what: str = "a positive number"):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0: raise ConfigError(f"{name}={v!r}: expected {what}")
-    return v
-
 def _check_kde(bandwidth, patch):
-    _positive(bandwidth, "bandwidth"); _pos_int(patch, "patch")
+    check_num(bandwidth, "bandwidth", 0, lo_open=True); check_int(patch, "patch")
     if patch % 2 == 0: raise ConfigError(f"patch={patch}: expected an odd window size")
 
 def self_information(x: torch.Tensor, radius: int = 7, n_samples: int | None = 9, bandwidth: float = 1.0, patch: int = 3,
@@ -64,7 +60,7 @@ def self_information(x: torch.Tensor, radius: int = 7, n_samples: int | None = 9
 # %% ../nbs/20_scm.ipynb #040e887f
 def drop_probability(info: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
     "Boltzmann dropping distribution r ∝ exp(-Î/τ) (Eq. 4), normalised over the positions of each B×H×W map."
-    _check_tensor(info, "info", "B×H×W", ndims=(3,)); _positive(tau, "tau", "a positive temperature")
+    _check_tensor(info, "info", "B×H×W", ndims=(3,)); check_num(tau, "tau", 0, lo_open=True)
     return (-info / tau).flatten(1).softmax(1).view_as(info)
 
 # %% ../nbs/20_scm.ipynb #7570ff52
@@ -88,9 +84,9 @@ class SCM(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 64, radius: int = 7, n_samples: int = 9,
                  bandwidth: float = 1.0, patch: int = 3, tau: float = 0.5, drop_rate: float = 1.5):
         super().__init__()
-        _pos_int(in_channels, "in_channels"); _pos_int(out_channels, "out_channels")
+        check_int(in_channels, "in_channels"); check_int(out_channels, "out_channels")
         sample_offsets(radius, n_samples); _check_kde(bandwidth, patch)          # validate every setting now
-        _positive(tau, "tau", "a positive temperature"); _check_drop_rate(drop_rate)
+        check_num(tau, "tau", 0, lo_open=True); _check_drop_rate(drop_rate)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.radius, self.n_samples, self.bandwidth, self.patch = radius, n_samples, bandwidth, patch
         self.tau, self.drop_rate = tau, drop_rate

@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, IGNORE_INDEX
-from .heads import ASPP, aspp_rates, conv_bn_relu, _check_tensor, _pos_int
+from .core import ConfigError, DataError, IGNORE_INDEX, check_int, check_num
+from .heads import ASPP, aspp_rates, conv_bn_relu, _check_tensor
 from .methods import Method, register_method, mask_absent, upsample
 from .pamr import (DEFAULT_DILATIONS, check_dilations, colour_kernel, neighbours, propagate, pamr, _check_inputs,
                           _check_num_iter, _resize)
-from .ssss import class_scores, clean_masks, pseudo_gt_labels, _num, _resize_ac
+from .ssss import class_scores, clean_masks, pseudo_gt_labels, _resize_ac
 from .scm import SCM, self_information
 
 # %% auto #0
@@ -25,7 +25,7 @@ __all__ = ['PAPER_RUN', 'BOUNDARY_RATIO', 'class_kernel', 'spr_kernel', 'spr_aff
 
 # %% ../nbs/21_spr.ipynb #1757ff36
 def _check_alpha(alpha):
-    return _num(alpha, "alpha", 0, 1)
+    return check_num(alpha, "alpha", 0, 1)
 
 def class_kernel(scores: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
     "Class term of Eq. 5 before α (B×C×8D×H×W): -|s_i - s_n| / (1e-8 + 0.1 σ^c), σ^c the std of class c's map over the image."
@@ -85,7 +85,7 @@ class SPR(nn.Module):
 # %% ../nbs/21_spr.ipynb #bc5fa1ef
 def pseudo_mask(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 0.2) -> torch.Tensor:
     "Binary pseudo mask B×(C+1)×H×W: score > θ = max(cutoff × the image's maximum over pixels and classes, cutoff_low), one class only."
-    _check_tensor(refined, "refined", "B×(C+1)×H×W"); _num(cutoff, "cutoff", 0, 1); _num(cutoff_low, "cutoff_low", 0, 1)
+    _check_tensor(refined, "refined", "B×(C+1)×H×W"); check_num(cutoff, "cutoff", 0, 1); check_num(cutoff_low, "cutoff_low", 0, 1)
     thr = (refined.amax((1, 2, 3), keepdim=True) * cutoff).clamp_min(cutoff_low)
     on = refined > thr
     return (on & (on.sum(1, keepdim=True) == 1)).to(refined.dtype)
@@ -107,7 +107,7 @@ def pixel_loss(logits: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
 def region_loss(probs: torch.Tensor, pseudo: torch.Tensor, radius: int = 3, margin: float = 3.0,
                 reduction: str = "mean", eps: float = 1e-8) -> torch.Tensor:
     "Region-wise loss (Eq. 8) of probabilities B×K×H×W against pseudo labels B×H×W; `reduction='none'`: the per-centre loss B×H×W."
-    _check_tensor(probs, "probs", "B×K×H×W"); _check_labels(pseudo, probs); _pos_int(radius, "radius"); _num(margin, "margin", 0)
+    _check_tensor(probs, "probs", "B×K×H×W"); _check_labels(pseudo, probs); check_int(radius, "radius"); check_num(margin, "margin", 0)
     if reduction not in ("mean", "none"): raise ConfigError(f"reduction={reduction!r}: expected 'mean' or 'none'")
     B, K, H, W = probs.shape
     k, logp = 2 * radius + 1, probs.clamp_min(eps).log()
@@ -183,23 +183,23 @@ class ShapeCues(Method):
         def __post_init__(self):
             for k in ("aspp_channels", "decoder_channels", "skip_proj", "scm_channels", "scm_radius", "scm_samples",
                       "scm_patch", "region_radius"):
-                _pos_int(getattr(self, k), k)
+                check_int(getattr(self, k), k)
             for k in ("spr_iter", "pretrain_epochs", "region_ramp_epochs"):
                 v = getattr(self, k)
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ConfigError(f"{k}={v!r}: expected an integer ≥ 0")
-            _num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
+            check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
             if len(self.decoder_dropout) != 2:
                 raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities")
-            for v in self.decoder_dropout: _num(v, "decoder_dropout", 0, 1, hi_open=True)
-            for k in ("scm_bandwidth", "scm_tau"): _num(getattr(self, k), k, 0, lo_open=True)
+            for v in self.decoder_dropout: check_num(v, "decoder_dropout", 0, 1, hi_open=True)
+            for k in ("scm_bandwidth", "scm_tau"): check_num(getattr(self, k), k, 0, lo_open=True)
             if self.scm_patch % 2 == 0: raise ConfigError(f"scm_patch={self.scm_patch}: expected an odd window size")
             if self.scm_samples > 2 * self.scm_radius * (self.scm_radius + 1):
                 raise ConfigError(f"scm_samples={self.scm_samples}: more than the {2 * self.scm_radius * (self.scm_radius + 1)} "
                                   f"offsets within scm_radius={self.scm_radius}")
-            _num(self.scm_drop_rate, "scm_drop_rate", 0); _num(self.ngwp_eps, "ngwp_eps", 0)
-            _num(self.focal_p, "focal_p", 0); _num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
-            _num(self.spr_alpha, "spr_alpha", 0, 1); _num(self.region_margin, "region_margin", 0)
-            for k in ("cutoff", "cutoff_low"): _num(getattr(self, k), k, 0, 1)
+            check_num(self.scm_drop_rate, "scm_drop_rate", 0); check_num(self.ngwp_eps, "ngwp_eps", 0)
+            check_num(self.focal_p, "focal_p", 0); check_num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
+            check_num(self.spr_alpha, "spr_alpha", 0, 1); check_num(self.region_margin, "region_margin", 0)
+            for k in ("cutoff", "cutoff_low"): check_num(getattr(self, k), k, 0, 1)
             try: check_dilations(self.spr_dilations)
             except ConfigError: raise ConfigError(f"spr_dilations={self.spr_dilations!r}: expected a non-empty sequence of positive ints") from None
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, IGNORE_INDEX
-from .heads import ASPP, DeepLabV3PlusDecoder, aspp_rates, conv_bn_relu, _check_tensor, _pos_int
+from .core import ConfigError, DataError, IGNORE_INDEX, check_int, check_num
+from .heads import ASPP, DeepLabV3PlusDecoder, aspp_rates, conv_bn_relu, _check_tensor
 from .methods import Method, register_method, mask_absent
 from .pamr import PAMR
 
@@ -25,22 +25,12 @@ def focal_penalty(mbar: torch.Tensor, p: float = 3.0, lam: float = 0.01) -> torc
     "Focal mask penalty (1 - m̄)^p · log(λ + m̄) (SSSS Eq. 5); p = 0 is the size penalty log(λ + m̄) (Eq. 4)."
     return (1 - mbar).pow(p) * torch.log(lam + mbar)
 
-def _num(v, name, lo=None, hi=None, lo_open=False, hi_open=False):
-    "Check that `v` is a real number in the given range (ConfigError naming `name`)."
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
-    if not ok:
-        rng = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
-               f"{')' if hi_open or hi is None else ']'}")
-        raise ConfigError(f"{name}={v!r}: expected a number in {rng}")
-    return v
-
 def class_scores(logits: torch.Tensor, p: float = 3.0, lam: float = 0.01, eps: float = 1.0,
                  mode: str = "ngwp", penalty: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "Class scores B×C and masks B×(C+1)×h×w from score maps B×C×h×w: nGWP (+ focal penalty), or GAP (`mode='gap'`)."
     _check_tensor(logits, "logits", "B×C×h×w")
     if mode not in ("ngwp", "gap"): raise ConfigError(f"mode={mode!r}: expected 'ngwp' or 'gap'")
-    _num(p, "p", 0); _num(lam, "lam", 0, lo_open=True); _num(eps, "eps", 0)
+    check_num(p, "p", 0); check_num(lam, "lam", 0, lo_open=True); check_num(eps, "eps", 0)
     x = torch.cat([torch.ones_like(logits[:, :1]), logits], 1)      # constant background score 1
     masks = x.softmax(1)
     if mode == "gap": scores = logits.mean((2, 3))
@@ -50,7 +40,7 @@ def class_scores(logits: torch.Tensor, p: float = 3.0, lam: float = 0.01, eps: f
     return scores, masks
 
 # %% ../nbs/12_ssss.ipynb #2b4d4055
-def _in01(v, name): return _num(v, name, 0, 1)
+def _in01(v, name): return check_num(v, name, 0, 1)
 
 def pseudo_gtmask(mask: torch.Tensor, cutoff_top: float = 0.6, cutoff_bg: float = 0.7,
                   cutoff_low: float = 0.2) -> torch.Tensor:
@@ -100,7 +90,7 @@ class StochasticGate(nn.Module):
     "Mixes deep and shallow features: stochastic in training (Eq. 9), deterministic in eval or with `deterministic=True` (Eq. 10)."
     def __init__(self, psi: float = 0.3, deterministic: bool = False):
         super().__init__()
-        self.psi, self.deterministic = _num(psi, "psi", 0, 1, hi_open=True), bool(deterministic)
+        self.psi, self.deterministic = check_num(psi, "psi", 0, 1, hi_open=True), bool(deterministic)
 
     def forward(self, x_deep: torch.Tensor, x_shallow: torch.Tensor) -> torch.Tensor:
         return stochastic_gate(x_deep, x_shallow, self.psi, self.training and not self.deterministic)
@@ -121,7 +111,7 @@ class GCI(nn.Module):
     def __init__(self, deep_channels: int, shallow_channels: int, out_channels: int = 128):
         super().__init__()
         for v, n in ((deep_channels, "deep_channels"), (shallow_channels, "shallow_channels"), (out_channels, "out_channels")):
-            _pos_int(v, n)
+            check_int(v, n)
         self.deep_channels, self.shallow_channels, self.out_channels = deep_channels, shallow_channels, out_channels
         self.cues = conv_bn_relu(deep_channels, 2 * out_channels, 1)
         conv = nn.Conv2d(shallow_channels, out_channels, 1, bias=False)
@@ -187,13 +177,13 @@ class SSSS(Method):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ConfigError(f"{k}={v!r}: expected a positive integer")
             if isinstance(self.pretrain_epochs, bool) or not isinstance(self.pretrain_epochs, int) or self.pretrain_epochs < 0:
                 raise ConfigError(f"pretrain_epochs={self.pretrain_epochs!r}: expected an integer ≥ 0")
-            _num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
+            check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
             if len(self.decoder_dropout) != 2:
                 raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities (after each 3×3 conv)")
-            for v in self.decoder_dropout: _num(v, "decoder_dropout", 0, 1, hi_open=True)
-            _num(self.focal_p, "focal_p", 0); _num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
-            _num(self.ngwp_eps, "ngwp_eps", 0); _num(self.sg_psi, "sg_psi", 0, 1, hi_open=True)
-            _num(self.seg_weight, "seg_weight", 0)
+            for v in self.decoder_dropout: check_num(v, "decoder_dropout", 0, 1, hi_open=True)
+            check_num(self.focal_p, "focal_p", 0); check_num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
+            check_num(self.ngwp_eps, "ngwp_eps", 0); check_num(self.sg_psi, "sg_psi", 0, 1, hi_open=True)
+            check_num(self.seg_weight, "seg_weight", 0)
             for k in ("cutoff_top", "cutoff_bg", "cutoff_low"): _in01(getattr(self, k), k)
             d = self.pamr_dilations
             if not d or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in d):

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .core import ConfigError, atomic_write_json, atomic_write_text
+from .core import ConfigError, atomic_write_json, atomic_write_text, check_int
 from .data import save_mask
 
 # %% auto #0
@@ -26,7 +26,7 @@ __all__ = ['SPLITS', 'FORMAT_VERSION', 'STYLES', 'PALETTE', 'CLASS_APPEARANCE', 
 
 # %% ../nbs/02_synthetic.ipynb #9edfb067
 SPLITS = ("train", "val")
-FORMAT_VERSION = 2                # 2: one (style, colour) signature per class
+FORMAT_VERSION = 3                # 2: one (style, colour) signature per class; 3: random appearance 10% → 2%
 STYLES = ("solid", "stripes", "checker", "dots", "gradient", "noise")
 PALETTE = {"red": (0.86, 0.16, 0.14), "orange": (0.96, 0.55, 0.10), "yellow": (0.95, 0.86, 0.15),
            "green": (0.20, 0.70, 0.25), "cyan": (0.15, 0.78, 0.85), "blue": (0.15, 0.30, 0.90),
@@ -54,7 +54,7 @@ class BenchmarkKnobs:
     scale: tuple = (0.25, 0.6)          # object diameter (bounding circle) as a fraction of the image side
     min_visible: float = 0.4            # an instance keeps at least this fraction of its area visible (occlusion, border)
     min_area: float = 0.005             # ... and at least this fraction of the image; else the placement is redrawn
-    random_appearance: float = 0.1      # probability of a uniformly random style and colour instead of the class's own
+    random_appearance: float = 0.02     # probability of a uniformly random style and colour instead of the class's own
     distractors: tuple = (0, 2)         # min, max amorphous background blobs painted with object textures
     distractor_scale: tuple = (0.1, 0.3)  # their diameter as a fraction of the image side
     photo_background: float = 0.5       # probability of a tinted texture photograph (else procedural noise)
@@ -318,11 +318,6 @@ def write_sample(root, sample: dict) -> None:
 # %% ../nbs/02_synthetic.ipynb #5f77c246
 _DIRS = ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation")
 
-def _check_int(name, v, lo):
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
-        raise ConfigError(f"{name}={v!r}: expected an integer >= {lo}")
-    return int(v)
-
 def split_names(split: str, n: int) -> list[str]:
     "The image names of a split: `train_00000`, `train_00001`, ..."
     return [f"{split}_{i:05d}" for i in range(n)]
@@ -341,8 +336,8 @@ def make_benchmark(root, n_train: int = 1500, n_val: int = 300, size: int = 128,
                    overwrite: bool = False, progress: bool = True, **knobs) -> Path:
     "Write (or find) the built-in benchmark at `root` in the PASCAL VOC 2012 layout; knobs: see `BenchmarkKnobs`."
     root = Path(root).expanduser().absolute()
-    n_train, n_val = _check_int("n_train", n_train, 1), _check_int("n_val", n_val, 1)
-    size, seed = _check_int("size", size, 32), _check_int("seed", seed, 0)
+    n_train, n_val = check_int(n_train, "n_train"), check_int(n_val, "n_val")
+    size, seed = check_int(size, "size", 32), check_int(seed, "seed", 0)
     kn = BenchmarkKnobs.from_kwargs(**knobs)
     params = json.loads(json.dumps(dict(format_version=FORMAT_VERSION, n_train=n_train, n_val=n_val, size=size,
                                         seed=seed, knobs=asdict(kn), classes=list(CLASSES))))

@@ -89,7 +89,7 @@ def get_table(table_id: str) -> TableSpec:
 _FROM_SCRATCH = dict(optimizer="adamw", lr=3e-3, lr_backbone=3e-3)   # the benchmark's calibration (50_train): tiny from scratch
 PROFILES = {
     "quick": dict(seeds=(0,), run=dict(max_train_images=120, max_val_images=40, epochs=3, progress=False, **_FROM_SCRATCH),
-                  bana=dict(max_train_images=120, max_val_images=40, cls_epochs=3, seg_epochs=2, progress=False)),
+                  bana=dict(max_train_images=120, max_val_images=40, cls_epochs=10, seg_epochs=8, progress=False)),
     "full":  dict(seeds=(0, 1, 2), run=dict(epochs=15, progress=False, **_FROM_SCRATCH), bana=dict(progress=False)),
 }
 
