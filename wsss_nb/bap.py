@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, seed_everything
+from .core import ConfigError, DataError, seed_everything, check_int
 from .heads import _check_tensor
 from .data import VOCDataset, collate, train_transform
 from .methods import Method, BackboneConfig, register_method, build_method, mask_absent, upsample
@@ -130,8 +130,7 @@ class BANAClassifier(Method):
         super().__init__(num_classes, cfg, backbone)
         c = self.cfg
         _check_grid(c.grid_size)
-        if isinstance(c.roi_samples, bool) or not isinstance(c.roi_samples, int) or c.roi_samples < 1:
-            raise ConfigError(f"method_cfg.roi_samples={c.roi_samples!r}: expected a positive integer")
+        check_int(c.roi_samples, "method_cfg.roi_samples")
         if not 0 <= c.min_background < 1: raise ConfigError(f"method_cfg.min_background={c.min_background!r}: expected a fraction in [0, 1)")
         if not c.init_std > 0: raise ConfigError(f"method_cfg.init_std={c.init_std!r}: expected a positive number")
         self.stride = self.backbone.strides["deep"]

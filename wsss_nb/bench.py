@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .core import ConfigError, get_device, check_int
+from .core import ConfigError, get_device, check_int, check_num
 from .pamr import PAMR, pamr_reference, check_dilations
 
 # %% auto #0
@@ -146,8 +146,7 @@ def bench_fsl(batch: int = 8, classes: int = 21, sizes=(56, 112), present: int |
     sizes = [check_int(s, "size", 2) for s in sizes]
     if present is not None and not 0 <= check_int(present, "present", 0) <= classes - 1:
         raise ConfigError(f"present={present}: at most classes - 1 = {classes - 1} foreground classes")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise ConfigError(f"sigma={sigma!r}: expected a positive number")
+    check_num(sigma, "sigma", 0, lo_open=True)
     device = get_device(device)
     res = dict(batch=batch, classes=classes, present=present, sigma=sigma, mu=mu, radius=4 * sigma, device=str(device), sizes={})
     for s in sizes:

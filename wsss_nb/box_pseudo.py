@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import ConfigError, DataError, IGNORE_INDEX, from_dict, atomic_write_json
+from .core import ConfigError, DataError, IGNORE_INDEX, from_dict, atomic_write_json, check_int
 from .data import VOCDataset, Normalize, save_mask, read_mask
 from .metrics import PseudoLabelQuality, CAMPrecision, filling_rate
 from .crf import dense_crf
@@ -49,8 +49,7 @@ class BoxPseudoConfig:
     crf_gauss_sxy: float = 3.0
 
     def __post_init__(self):
-        if isinstance(self.grid_size, bool) or not isinstance(self.grid_size, int) or self.grid_size < 1:
-            raise ConfigError(f"grid_size={self.grid_size!r}: expected a positive integer")
+        check_int(self.grid_size, "grid_size")
         if not 0 <= self.bg_threshold <= 1: raise ConfigError(f"bg_threshold={self.bg_threshold!r}: expected a number in [0, 1]")
         if self.cam_norm not in ("box", "class"): raise ConfigError(f"cam_norm={self.cam_norm!r}: expected 'box' or 'class'")
         if self.unary not in ("softmax", "scores"): raise ConfigError(f"unary={self.unary!r}: expected 'softmax' or 'scores'")

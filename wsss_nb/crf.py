@@ -11,7 +11,7 @@ import torch
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 
-from .core import DataError, ConfigError, to_numpy
+from .core import DataError, ConfigError, to_numpy, check_int
 
 # %% auto #0
 __all__ = ['UNARY_CLIP', 'dense_crf', 'crf_labels']
@@ -58,8 +58,7 @@ def _as_probs(probs) -> np.ndarray:
     return a.astype(np.float32)
 
 def _check_params(iters, **params):
-    if isinstance(iters, bool) or not isinstance(iters, (int, np.integer)) or iters < 0:
-        raise ConfigError(f"iters={iters!r}: expected an integer ≥ 0")
+    check_int(iters, "iters", 0)
     for name, v in params.items():
         ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
         if name.endswith("compat"):

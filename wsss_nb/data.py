@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .core import DataError, ConfigError, IGNORE_INDEX, voc_palette, atomic_write_bytes, to_numpy
+from .core import DataError, ConfigError, IGNORE_INDEX, voc_palette, atomic_write_bytes, to_numpy, check_int
 
 # %% auto #0
 __all__ = ['VOC_CLASSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'read_classes', 'save_mask', 'read_image', 'read_mask', 'read_boxes',
@@ -117,8 +117,7 @@ class VOCDataset(torch.utils.data.Dataset):
         if not self.root.is_dir(): raise DataError(f"{self.root}: dataset root not found")
         self.classes = tuple(classes) if classes is not None else read_classes(self.root)
         self.num_classes = len(self.classes) + 1
-        if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-            raise ConfigError(f"max_images={max_images!r}: expected a positive integer or None")
+        if max_images is not None: check_int(max_images, "max_images")
         self.names = self._read_split(split)[:max_images]
         self.extra_dirs = self._extra_dirs(extra_masks or {})
         if mask_dir is None:

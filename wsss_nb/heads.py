@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, check_int
+from .core import ConfigError, DataError, check_int, check_num
 
 # %% auto #0
 __all__ = ['conv_bn_relu', 'aspp_rates', 'ASPP', 'DeepLabV3PlusDecoder', 'CAMHead', 'normalize_cams', 'cams_to_probs',
@@ -67,8 +67,7 @@ class ASPP(nn.Module):
         if (not isinstance(rates, (tuple, list)) or not rates
                 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
             raise ConfigError(f"rates={rates!r}: expected a non-empty sequence of positive integer dilation rates")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"dropout={dropout!r}: expected a probability in [0, 1)")
+        check_num(dropout, "dropout", 0, 1, hi_open=True)
         self.in_channels, self.out_channels, self.rates = in_channels, out_channels, tuple(rates)
         self.branches = nn.ModuleList([conv_bn_relu(in_channels, out_channels, 1)] +
                                       [conv_bn_relu(in_channels, out_channels, 3, r) for r in rates])
@@ -155,8 +154,7 @@ def cams_to_probs(norm_cams: torch.Tensor, bg_score: float = 0.1, bg_power: floa
     "B×C×H×W normalised CAMs → B×(C+1)×H×W scores, background first; argmax over dim 1 is the pseudo label."
     _check_tensor(norm_cams, "norm_cams", "B×C×H×W")
     if bg_power is None:
-        if isinstance(bg_score, bool) or not isinstance(bg_score, (int, float)) or not 0 <= bg_score <= 1:
-            raise ConfigError(f"bg_score={bg_score!r}: expected a number in [0, 1]")
+        check_num(bg_score, "bg_score", 0, 1)
         bg = torch.full_like(norm_cams[:, :1], float(bg_score))
     else:
         if (isinstance(bg_power, bool) or not isinstance(bg_power, (int, float))
@@ -184,8 +182,7 @@ class CosineClassifier(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, scale: float = 20.0, cosine: bool = True):
         super().__init__()
         check_int(in_channels, "in_channels"); check_int(num_classes, "num_classes")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            raise ConfigError(f"scale={scale!r}: expected a positive number (τ)")
+        check_num(scale, "scale", 0, lo_open=True)
         self.in_channels, self.num_classes, self.scale, self.cosine = in_channels, num_classes, float(scale), bool(cosine)
         self.weight = nn.Parameter(torch.empty(num_classes, in_channels))
         nn.init.xavier_uniform_(self.weight)

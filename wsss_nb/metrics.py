@@ -13,7 +13,7 @@ import torch
 from scipy import ndimage
 from skimage.morphology import disk
 
-from .core import ConfigError, DataError, to_numpy, check_num
+from .core import ConfigError, DataError, to_numpy, check_int, check_num
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'iou_from_confusion', 'image_iou', 'erosion_iterations', 'boundary_region', 'seg2bmap',
@@ -64,8 +64,7 @@ def _pair(pred, gt, num_classes, ignore_index, pred_ignore=False, names=("pred",
 
 def _check_classes(num_classes, ignore_index, class_names=None) -> list[str]:
     "Validate the constructor arguments shared by the accumulators; returns the class names."
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ConfigError(f"num_classes={num_classes!r}: expected an integer ≥ 2 (background + foreground classes)")
+    check_int(num_classes, "num_classes", 2)
     if not isinstance(ignore_index, (int, np.integer)) or 0 <= ignore_index < num_classes:
         raise ConfigError(f"ignore_index={ignore_index!r}: expected an integer outside 0..{num_classes - 1}")
     if class_names is None: return ["background"] + [f"class{i}" for i in range(1, num_classes)]

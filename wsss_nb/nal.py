@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, IGNORE_INDEX, from_dict, to_dict, config_hash, atomic_open, atomic_write_json
+from .core import ConfigError, DataError, IGNORE_INDEX, from_dict, to_dict, config_hash, atomic_open, atomic_write_json, check_num
 from .data import VOCDataset
 from .heads import ASPP, CosineClassifier, aspp_rates, cosine_logits, _check_tensor
 from .methods import Method, register_method, mask_absent, upsample
@@ -84,7 +84,7 @@ def nal_loss(logits: torch.Tensor, features: torch.Tensor | None, classifier_wei
              beta: float = 1.0, detach_sigma: bool = True, eps: float = 1e-8) -> dict:
     "Eq. 10 on S plus λ × (Eq. 13 | entropy | bootstrapping | nothing) on ~S; returns the named terms and `total`."
     if loss not in LOSSES: raise ConfigError(f"loss={loss!r}: expected one of {list(LOSSES)}")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0: raise ConfigError(f"lam={lam!r}: expected λ ≥ 0")
+    check_num(lam, "lam", 0)
     if not 0 <= beta <= 1: raise ConfigError(f"beta={beta!r}: expected a bootstrap weight in [0, 1]")
     _check_tensor(logits, "logits")
     _check_labels(y_crf, "y_crf", logits.shape[1]); _check_labels(y_ret, "y_ret", logits.shape[1])

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import DataError, ConfigError
+from .core import DataError, ConfigError, check_int
 
 # %% auto #0
 __all__ = ['DEFAULT_DILATIONS', 'check_dilations', 'neighbour_offsets', 'neighbour_index', 'neighbours', 'local_std',
@@ -98,8 +98,7 @@ def propagate(mask: torch.Tensor, affinity: torch.Tensor, dilations=DEFAULT_DILA
     return (steps[-1], steps) if return_steps else steps[-1]
 
 def _check_num_iter(num_iter):
-    if not isinstance(num_iter, int) or isinstance(num_iter, bool) or num_iter < 0:
-        raise ConfigError(f"num_iter={num_iter!r}: expected an integer ≥ 0")
+    check_int(num_iter, "num_iter", 0)
 
 # %% ../nbs/11_pamr.ipynb #8a50ed05
 def _check_inputs(image, mask, num_iter, labels=None):

@@ -71,7 +71,7 @@ def _fit_info(info: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(info[:, None], size, mode="bilinear", align_corners=False)[:, 0]
 
 def _check_drop_rate(v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0: raise ConfigError(f"drop_rate={v!r}: expected a number ≥ 0")
+    check_num(v, "drop_rate", 0)
 
 def keep_probability(info: torch.Tensor, tau: float = 0.5, drop_rate: float = 1.5) -> torch.Tensor:
     "Chance (B×H×W) that a neuron survives ρ·h·w draws from the dropping distribution: (1 - r)^(ρhw)."

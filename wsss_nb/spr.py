@@ -185,8 +185,7 @@ class ShapeCues(Method):
                       "scm_patch", "region_radius"):
                 check_int(getattr(self, k), k)
             for k in ("spr_iter", "pretrain_epochs", "region_ramp_epochs"):
-                v = getattr(self, k)
-                if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ConfigError(f"{k}={v!r}: expected an integer ≥ 0")
+                check_int(getattr(self, k), k, 0)
             check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
             if len(self.decoder_dropout) != 2:
                 raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities")

@@ -173,10 +173,8 @@ class SSSS(Method):
 
         def __post_init__(self):
             for k in ("aspp_channels", "decoder_channels", "skip_proj", "pamr_iter"):
-                v = getattr(self, k)
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ConfigError(f"{k}={v!r}: expected a positive integer")
-            if isinstance(self.pretrain_epochs, bool) or not isinstance(self.pretrain_epochs, int) or self.pretrain_epochs < 0:
-                raise ConfigError(f"pretrain_epochs={self.pretrain_epochs!r}: expected an integer ≥ 0")
+                check_int(getattr(self, k), k)
+            check_int(self.pretrain_epochs, "pretrain_epochs", 0)
             check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
             if len(self.decoder_dropout) != 2:
                 raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities (after each 3×3 conv)")

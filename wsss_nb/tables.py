@@ -115,7 +115,9 @@ EXPERIMENTS_DIR = Path(wsss_nb.__file__).parents[1]/"nbs"/"experiments"
 def point_dir(config: dict, experiment: str, params: dict, kind: str = "run") -> Path:
     "Where a point's executed notebook and results.json live (inside its run folder; BANA: stage 3's, or stage 1's)."
     home = KINDS[kind](config, experiment)
-    return home/f"{experiment}-{config_hash(dict(experiment=experiment, params=params), 8)}"
+    key = dict(experiment=experiment, params=params)
+    if kind == "bana": key["config"] = config          # stage-2 options (u0, generation grid) do not change stage 1's folder
+    return home/f"{experiment}-{config_hash(key, 8)}"
 
 def _bana_home(config, experiment):
     from wsss_nb.nal import bana_config, stage1_config, stage3_config
