@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_tables.ipynb #a20a60d8
 from __future__ import annotations
-import dataclasses, json, math, time
+import dataclasses, json, math, textwrap, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -679,10 +679,11 @@ def plot_table(table_id: str, out_dir="papers_tables", ax=None):
     paper = [np.nan if r["paper"] is None else r["paper"] for r in rec["rows"]]
     if ax is None: _, ax = plt.subplots(figsize=(max(4, 0.7 * len(rows) + 2), 3))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, mean, 0.4, yerr=std, label="ours (benchmark)", color="tab:blue")
-    ax.set_ylabel("ours (%)"); ax.set_xticks(x, rows, rotation=30, ha="right", fontsize=8)
-    ax2 = ax.twinx(); ax2.bar(x + 0.2, paper, 0.4, label="paper (VOC)", color="tab:orange")
-    ax2.set_ylabel("paper (%)")
-    ax.set_title(f"{rec['paper_table']} ({rec['paper']}): {rec['caption']}"[:80], fontsize=9)
-    ax.legend(handles=ax.containers[:1] + ax2.containers[:1], loc="lower right", fontsize=7)
+    ours = ax.bar(x - 0.2, mean, 0.4, yerr=std, color="tab:blue")
+    ax.set_ylabel("ours: benchmark (%)", color="tab:blue"); ax.set_xticks(x, rows, rotation=30, ha="right", fontsize=8)
+    ax2 = ax.twinx(); theirs = ax2.bar(x + 0.2, paper, 0.4, color="tab:orange")
+    ax2.set_ylabel("paper: VOC (%)", color="tab:orange")
+    ax.set_title("\n".join(textwrap.wrap(f"{rec['paper_table']} ({rec['paper']}): {rec['caption']}", 90)), fontsize=9)
+    ax.legend([ours, theirs], ["ours (benchmark)", "paper (VOC)"], loc="upper left", bbox_to_anchor=(1.12, 1),
+              fontsize=7, frameon=False)
     return ax
