@@ -73,14 +73,15 @@ def load_run(run_dir, device=None):
     return model.to(get_device(device or cfg.device)).eval(), cfg
 
 def evaluate(run_or_model, split: str = "val", cfg: InferConfig = InferConfig(), data_root=None,
-             export=None, export_probs: bool = False, max_images: int | None = None, progress: bool = True) -> dict:
-    "Score a run folder or a model on `split` (SegEvaluator summary); optionally export predictions."
+             export=None, export_probs: bool = False, max_images: int | None = None, progress: bool = True,
+             boundary_ratio: float = 0.02) -> dict:
+    "Score a run folder or a model on `split` (SegEvaluator summary, bIoU at `boundary_ratio`); optionally export predictions."
     if isinstance(run_or_model, (str, Path)): model, rc = load_run(run_or_model); data_root = data_root or rc.data_root
     else: model = run_or_model.eval()
     if data_root is None: raise ConfigError("data_root: needed when evaluating a model rather than a run folder")
     ds = VOCDataset(data_root, split)
     device = next(model.parameters()).device
-    ev = SegEvaluator(ds.num_classes, class_names=("background", *ds.classes))
+    ev = SegEvaluator(ds.num_classes, class_names=("background", *ds.classes), boundary_ratio=boundary_ratio)
     n = len(ds) if max_images is None else min(max_images, len(ds))
     for i in tqdm(range(n), desc=f"eval {split}", disable=not progress):
         s = ds[i]
