@@ -46,9 +46,6 @@ class CAMBaseline(Method):
         if labels is None: labels = (out["logits"].sigmoid() > self.cfg.label_threshold).float()
         return self.cam_probs(out, labels, image.shape[-2:])
 
-    def classify(self, image):
-        return self.forward(dict(image=image))["logits"].sigmoid()
-
     @torch.no_grad()
     def pseudo_labels(self, batch):
         "Pseudo labels from the CAMs with the ground-truth image labels (B×H×W)."

@@ -42,8 +42,9 @@ class Method(nn.Module):
     @dataclass
     class Config: pass
 
-    # True for methods trained from image labels that return their raw class score maps B×C×h×w as out["cams"]
-    # and their classification loss as terms["cls"]: the trainer can then add HFPL's ISL/FSL to any of them.
+    # True for methods trained from image labels that return their raw class score maps B×C×h×w as out["cams"],
+    # their image-level logits as out["logits"] and their classification loss as terms["cls"]: the trainer can then
+    # add HFPL's ISL/FSL to any of them, and `classify` is σ of the logits.
     image_labels: bool = False
 
     def __init__(self, num_classes: int, cfg=None, backbone: BackboneConfig | None = None):
@@ -57,7 +58,9 @@ class Method(nn.Module):
     def forward(self, batch: dict) -> dict: raise NotImplementedError
     def losses(self, batch: dict, out: dict, epoch: int) -> dict: raise NotImplementedError
     def predict(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor: raise NotImplementedError
-    def classify(self, image: torch.Tensor): return None
+    def classify(self, image: torch.Tensor):
+        "B×C class confidences σ(out['logits']) of an image-label method; None for the others (nothing to prune)."
+        return self.forward(dict(image=image))["logits"].sigmoid() if self.image_labels else None
     def pseudo_labels(self, batch: dict): return None
 
     def param_groups(self, cfg) -> list[dict]:

@@ -272,10 +272,6 @@ class ShapeCues(Method):
         "The masks M at the image's size (B×(C+1)×H×W); absent classes removed when `labels` are given."
         return mask_absent(_resize_ac(self.forward(dict(image=image))["masks"], image.shape[-2:]), labels)
 
-    def classify(self, image: torch.Tensor) -> torch.Tensor:
-        "Class confidences σ(v_c), B×C."
-        return self.forward(dict(image=image))["logits"].sigmoid()
-
     @torch.no_grad()
     def pseudo_labels(self, batch: dict) -> torch.Tensor:
         "The pseudo mask the mask losses would use now, as B×H×W class indices (255 ignored)."

@@ -243,10 +243,6 @@ class SSSS(Method):
         masks = self.forward(dict(image=image))["masks"]
         return mask_absent(_resize_ac(masks, image.shape[-2:]), labels)
 
-    def classify(self, image: torch.Tensor) -> torch.Tensor:
-        "Class confidences σ(y_c), B×C."
-        return self.forward(dict(image=image))["logits"].sigmoid()
-
     @torch.no_grad()
     def pseudo_labels(self, batch: dict) -> torch.Tensor:
         "The pseudo GT the segmentation loss would use now, as B×H×W class indices (255 ignored)."
