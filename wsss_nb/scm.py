@@ -70,12 +70,9 @@ def _fit_info(info: torch.Tensor, size) -> torch.Tensor:
     if info.shape[-2] >= size[0] and info.shape[-1] >= size[1]: return F.adaptive_max_pool2d(info[:, None], size)[:, 0]
     return F.interpolate(info[:, None], size, mode="bilinear", align_corners=False)[:, 0]
 
-def _check_drop_rate(v):
-    check_num(v, "drop_rate", 0)
-
 def keep_probability(info: torch.Tensor, tau: float = 0.5, drop_rate: float = 1.5) -> torch.Tensor:
     "Chance (B×H×W) that a neuron survives ρ·h·w draws from the dropping distribution: (1 - r)^(ρhw)."
-    _check_drop_rate(drop_rate)
+    check_num(drop_rate, "drop_rate", 0)
     r = drop_probability(info, tau)
     return (1 - r).pow(drop_rate * r[0].numel())
 
@@ -86,7 +83,7 @@ class SCM(nn.Module):
         super().__init__()
         check_int(in_channels, "in_channels"); check_int(out_channels, "out_channels")
         sample_offsets(radius, n_samples); _check_kde(bandwidth, patch)          # validate every setting now
-        check_num(tau, "tau", 0, lo_open=True); _check_drop_rate(drop_rate)
+        check_num(tau, "tau", 0, lo_open=True); check_num(drop_rate, "drop_rate", 0)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.radius, self.n_samples, self.bandwidth, self.patch = radius, n_samples, bandwidth, patch
         self.tau, self.drop_rate = tau, drop_rate
