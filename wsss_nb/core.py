@@ -30,10 +30,11 @@ class CheckpointError(WSSSError, RuntimeError):
     "A checkpoint cannot be read or does not match the run."
 
 # %% ../nbs/00_core.ipynb #a4724a0e
-def check_int(v, name: str, lo: int = 1) -> int:
-    "`v` as an int when it is an integer ≥ `lo` (numpy integers too), else a `ConfigError` naming `name`."
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ConfigError(f"{name}={v!r}: expected {'a positive integer' if lo == 1 else f'an integer ≥ {lo}'}")
+def check_int(v, name: str, lo: int = 1, hi: int | None = None) -> int:
+    "`v` as an int when it is an integer in lo..hi (numpy integers too), else a `ConfigError` naming `name`."
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+        what = (f"an integer in {lo}..{hi}" if hi is not None else "a positive integer" if lo == 1 else f"an integer ≥ {lo}")
+        raise ConfigError(f"{name}={v!r}: expected {what}")
     return int(v)
 
 def check_num(v, name: str, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> float:

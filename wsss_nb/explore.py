@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 import ipywidgets as widgets
 
-from .core import WSSSError, ConfigError, DataError, IGNORE_INDEX, to_numpy
+from .core import WSSSError, ConfigError, DataError, IGNORE_INDEX, to_numpy, check_int, check_num
 from .plot import as_rgb, show_image, show_mask, show_heatmap, draw_boxes, image_grid, highlight, figure_png
 from .data import VOCDataset, Normalize, read_image, read_classes
 from .metrics import image_iou
@@ -142,7 +142,7 @@ def initial_mask(src: Source, mask=None, coarse: int = 8) -> torch.Tensor:
     gt = s.get("mask")
     if gt is None or bool((gt == IGNORE_INDEX).all()):
         raise ConfigError("mask: nothing to refine — give `mask` (probabilities or a label map), a run, or a sample with a ground-truth mask")
-    if isinstance(coarse, bool) or not isinstance(coarse, int) or coarse < 1: raise ConfigError(f"coarse={coarse!r}: expected a positive grid size")
+    check_int(coarse, "coarse")
     return F.interpolate(as_probs(gt, src.num_classes)[None], size=(coarse, coarse), mode="area")[0]
 
 def _pct(v) -> str: return "–" if v is None or np.isnan(v) else f"{100 * v:.1f}"
@@ -192,7 +192,7 @@ def affinity_map(affinity: torch.Tensor, dilations, y: int, x: int) -> torch.Ten
     dilations = check_dilations(dilations)
     N, H, W = affinity.shape[-3:]
     for v, n, lim in ((y, "y", H), (x, "x", W)):
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < lim: raise ConfigError(f"{n}={v!r}: expected a pixel in 0..{lim - 1}")
+        check_int(v, n, 0, lim - 1)
     idx = neighbour_index(H, W, dilations, device=affinity.device)[:, y, x]
     if len(idx) != N: raise DataError(f"affinity: {N} neighbours, but dilations {dilations} have {len(idx)}")
     return torch.zeros(H * W, dtype=affinity.dtype, device=affinity.device).index_add_(0, idx, affinity[0, :, y, x]).view(H, W)
@@ -227,8 +227,7 @@ class PAMRView:
     def frame(self, t: int | None = None, dilations=DEFAULT_DILATIONS, cls: int = 1, y: int | None = None, x: int | None = None) -> dict:
         "What the explorer shows at iteration `t`: image, labels, P(cls), the kernel of pixel (y, x), mIoU when gt is known."
         t = self.num_iter if t is None else t
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= self.num_iter:
-            raise ConfigError(f"t={t!r}: expected an iteration in 0..{self.num_iter}")
+        check_int(t, "t", 0, self.num_iter)
         m = self.steps(dilations)[t]
         if not 0 <= cls < len(m): raise ConfigError(f"cls={cls!r}: expected a class in 0..{len(m) - 1}")
         H, W = m.shape[-2:]
@@ -438,7 +437,7 @@ def bap_explorer(source, run=None, gap_run=None, index: int = 0, split: str = "v
 def rescale_confidence(sigma, gamma: float, gamma0: float):
     "σ for damping `gamma` from σ saved with `gamma0` (Eq. 12): σ^(γ/γ0)."
     if not gamma0 > 0: raise ConfigError(f"gamma0={gamma0!r}: σ saved with γ0 ≤ 0 is constant; it cannot be rescaled")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0: raise ConfigError(f"gamma={gamma!r}: expected γ ≥ 0")
+    check_num(gamma, "gamma", 0)
     return np.power(np.asarray(sigma, np.float32), gamma / gamma0)
 
 class ConfidenceView:

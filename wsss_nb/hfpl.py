@@ -14,11 +14,12 @@ import torch.nn.functional as F
 
 from .core import ConfigError, DataError, check_int, check_num
 from .heads import normalize_cams, _check_tensor
+from .metrics import mean_std
 
 # %% auto #0
 __all__ = ['POSTERIORS', 'GATINGS', 'TABLE_METRICS', 'isl_probs', 'importance_sample', 'importance_sampling_loss',
            'combined_cls_loss', 'pixel_dissimilarity', 'window_offsets', 'feature_similarity_loss', 'fsl_gate',
-           'ISLConfig', 'FSLConfig', 'hfpl_losses', 'with_hfpl', 'mean_std', 'aggregate_seeds']
+           'ISLConfig', 'FSLConfig', 'hfpl_losses', 'with_hfpl', 'aggregate_seeds']
 
 # %% ../nbs/30_isl_fsl.ipynb #b070309c
 POSTERIORS = ("binomial", "multinomial")
@@ -241,14 +242,6 @@ def with_hfpl(terms: dict, batch: dict, cam_logits: torch.Tensor, labels: torch.
 
 # %% ../nbs/30_isl_fsl.ipynb #8f82547d
 TABLE_METRICS = {"J": "mIoU", "F": "F", "J&F": "J&F"}
-
-def mean_std(values, digits: int = 1, scale: float = 1.0) -> str:
-    "'mean±std' of the finite values × `scale` (sample std); the mean alone for one value, 'n/a' for none."
-    v = np.array([float(x) for x in values if x is not None], dtype=float) * scale
-    v = v[np.isfinite(v)]
-    if len(v) == 0: return "n/a"
-    if len(v) == 1: return f"{v[0]:.{digits}f}"
-    return f"{v.mean():.{digits}f}±{v.std(ddof=1):.{digits}f}"
 
 def aggregate_seeds(runs, metrics: dict = TABLE_METRICS, digits: int = 1, scale: float = 100.0) -> dict:
     "Table cells from the metric dicts of several seeds: {column: 'mean±std'} for `metrics` (column → key), plus `n` runs."

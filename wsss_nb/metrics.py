@@ -18,7 +18,7 @@ from .core import ConfigError, DataError, to_numpy, check_int, check_num
 # %% auto #0
 __all__ = ['confusion_matrix', 'iou_from_confusion', 'image_iou', 'erosion_iterations', 'boundary_region', 'seg2bmap',
            'bound_radius', 'contour_matches', 'contour_prf', 'contour_f', 'SegEvaluator', 'CAMPrecision',
-           'filling_rate', 'PseudoLabelQuality']
+           'filling_rate', 'PseudoLabelQuality', 'mean_std']
 
 # %% ../nbs/03_metrics.ipynb #d28aa01d
 def _np(x, name: str) -> np.ndarray:
@@ -325,3 +325,12 @@ class PseudoLabelQuality:
                 "coverage": float(n / self.cm_all.sum()) if self.cm_all.sum() else nan,
                 "pixel_acc": float(np.trace(self.cm) / n) if n else nan,
                 "IoU": dict(zip(self.class_names, iou.tolist())), "IoU_all": dict(zip(self.class_names, iou_all.tolist()))}
+
+# %% ../nbs/03_metrics.ipynb #c4e0b457
+def mean_std(values, digits: int = 1, scale: float = 1.0, sep: str = "±") -> str:
+    "'mean±std' of the finite values × `scale` (sample std); the mean alone for one value, 'n/a' for none."
+    v = np.array([float(x) for x in values if x is not None], dtype=float) * scale
+    v = v[np.isfinite(v)]
+    if len(v) == 0: return "n/a"
+    if len(v) == 1: return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f}{sep}{v.std(ddof=1):.{digits}f}"

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 import wsss_nb
 from .core import ConfigError, WSSSError, atomic_write_json, atomic_write_text, config_hash, to_dict
 from .train import run_config, run_dir
+from .metrics import mean_std
 
 # %% auto #0
 __all__ = ['TABLES', 'PAPERS', 'PROFILES', 'EXPERIMENTS_DIR', 'KINDS', 'Row', 'Claim', 'TableSpec', 'register_table', 'get_table',
@@ -161,8 +162,7 @@ def _pct(v): return None if v is None else (100 * v if abs(v) <= 1.0 else v)
 
 def _fmt(vals):
     v = [x for x in vals if x is not None]
-    if not v: return "failed" if vals else "n/a"
-    return f"{np.mean(v):.1f}" if len(v) == 1 else f"{np.mean(v):.1f} ± {np.std(v, ddof=1):.1f}"
+    return mean_std(v, sep=" ± ") if v else ("failed" if vals else "n/a")
 
 def summarize(spec: TableSpec, points: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
     "Per-row table (row, ours, paper, n, failed) and the claims with their verdicts from finished points."
