@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #20512edf
 from __future__ import annotations
-import json, os, random, tempfile
+import io, json, os, random, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,9 +124,9 @@ def _json_default(o):
     raise TypeError(f"object of type {type(o).__name__} is not JSON serialisable")
 
 def atomic_torch_save(obj, path) -> Path:
-    "`torch.save` to `path` atomically."
-    with atomic_open(path, "wb") as f: torch.save(obj, f)
-    return Path(path)
+    "`torch.save` to `path` atomically (serialised in memory first, so a full disk is the OS's own error)."
+    buf = io.BytesIO(); torch.save(obj, buf)        # torch's writer turns a failed write into an opaque RuntimeError
+    return atomic_write_bytes(path, buf.getbuffer())
 
 # %% ../nbs/00_core.ipynb #7f98f041
 IGNORE_INDEX = 255
@@ -143,7 +143,7 @@ def voc_palette() -> list[int]:
     return pal
 
 # %% ../nbs/00_core.ipynb #e10a0a7a
-import dataclasses, hashlib, typing, types
+import dataclasses, hashlib, math, typing, types
 
 def to_dict(cfg) -> dict:
     "A config dataclass as a plain (json-able) dict, nested configs included."
@@ -175,7 +175,9 @@ def _check(value, tp, path):
     if origin is dict or tp is dict:
         if not isinstance(value, dict): raise ConfigError(f"{path}={value!r}: expected a mapping")
         return dict(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool): return float(value)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value): raise ConfigError(f"{path}={value!r}: expected a finite number")
+        return float(value)
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)): return value
     raise ConfigError(f"{path}={value!r}: expected {getattr(tp, '__name__', tp)}, got {type(value).__name__}")
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, CheckpointError, WSSSError, get_device, seed_everything, from_dict, to_dict,
-                          config_hash, atomic_write_json, atomic_torch_save, atomic_open)
+from .core import (ConfigError, CheckpointError, DataError, WSSSError, get_device, seed_everything, from_dict,
+                          to_dict, config_hash, atomic_write_json, atomic_torch_save, atomic_open, check_int, check_num)
 from .data import VOCDataset, collate, train_transform
 from .metrics import SegEvaluator
 from .methods import METHODS, BackboneConfig, build_method, method_config
@@ -68,9 +68,18 @@ class RunConfig:
         if self.hfpl and not METHODS[self.method].image_labels:
             ok = sorted(n for n, m in METHODS.items() if m.image_labels)
             raise ConfigError(f"isl/fsl: method={self.method!r} is not trained from image labels; the HFPL losses apply to {ok}")
-        for k in ("epochs", "batch_size", "crop"):
-            if getattr(self, k) < 1: raise ConfigError(f"{k}={getattr(self, k)}: expected ≥ 1")
-        if self.lr <= 0 or self.lr_backbone < 0: raise ConfigError(f"lr={self.lr}, lr_backbone={self.lr_backbone}: expected lr > 0, lr_backbone ≥ 0")
+        self.data_root = str(Path(self.data_root).expanduser().absolute())   # a run scores the same data from any cwd
+        for k in ("epochs", "batch_size", "crop", "log_interval"): check_int(getattr(self, k), k)
+        for k in ("max_train_images", "max_val_images"):
+            if getattr(self, k) is not None: check_int(getattr(self, k), k)
+        check_int(self.num_workers, "num_workers", 0)
+        check_num(self.lr, "lr", 0, lo_open=True); check_num(self.lr_backbone, "lr_backbone", 0)
+        check_num(self.momentum, "momentum", 0, 1, hi_open=True); check_num(self.weight_decay, "weight_decay", 0)
+        check_num(self.poly_power, "poly_power", 0); check_num(self.jitter, "jitter", 0, 1)
+        if self.grad_clip is not None: check_num(self.grad_clip, "grad_clip", 0, lo_open=True)
+        sr = self.scale_range
+        if sr and (len(sr) != 2 or not 0 < sr[0] <= sr[1]):
+            raise ConfigError(f"scale_range={list(sr)}: expected two numbers lo, hi with 0 < lo ≤ hi (or [] for no rescaling)")
 
     @property
     def backbone_cfg(self) -> BackboneConfig:
@@ -95,17 +104,20 @@ _UNHASHED = ("out_dir", "device", "log_interval", "num_workers", "progress")
 def data_fingerprint(root) -> str | None:
     "Hash of a generated benchmark's `benchmark.json` (generator version, sizes, seed, knobs); None for other datasets."
     meta = Path(root)/"benchmark.json"
-    try: return config_hash(json.loads(meta.read_text()))
-    except (OSError, ValueError): return None
+    if not meta.is_file(): return None
+    try: return config_hash(json.loads(meta.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{meta}: unreadable benchmark description ({e}); rebuild it with `wsss-nb make-data --overwrite`") from None
 _NESTED = ("method_cfg", "isl", "fsl")
 
 def run_config(cfg=None, **overrides) -> RunConfig:
     "A `RunConfig` from a RunConfig, dict or json path, with `overrides` (dotted keys reach `method_cfg`, `isl`, `fsl`)."
     if isinstance(cfg, (str, Path)):
         p = Path(cfg)
-        try: cfg = json.loads(p.read_text())
+        try: cfg = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError: raise ConfigError(f"{p}: config file not found") from None
-        except json.JSONDecodeError as e: raise ConfigError(f"{p}: not valid json ({e})") from None
+        except (OSError, ValueError) as e: raise ConfigError(f"{p}: not a readable json config ({e})") from None
+        if not isinstance(cfg, dict): raise ConfigError(f"{p}: expected a json object of RunConfig fields, got {type(cfg).__name__}")
     d = to_dict(cfg) if isinstance(cfg, RunConfig) else dict(cfg or {})
     for k, v in overrides.items():
         if "." in k:
@@ -162,12 +174,20 @@ def validate(model, dataset, device=None, progress: bool = False) -> dict:
     ev = SegEvaluator(dataset.num_classes, class_names=("background", *dataset.classes))
     for i in tqdm(range(len(dataset)), desc="val", leave=False, disable=not progress):
         s = dataset[i]
-        ev.update(model.predict(s["image"][None].to(device))[0].argmax(0).cpu(), s["mask"])
+        p = model.predict(s["image"][None].to(device))[0]
+        if not torch.isfinite(p).all():
+            raise TrainingError(f"validation: non-finite predictions on {s['name']} (diverged weights: lr too large?)")
+        ev.update(p.argmax(0).cpu(), s["mask"])
     model.train(was)
     return ev.summary()
 
 class TrainingError(WSSSError, RuntimeError):
     "Training cannot go on (a loss turned NaN/inf); the last good checkpoint is kept."
+
+def _check_weights(model, epoch: int, cfg):
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise TrainingError(f"{len(bad)} weight tensors (e.g. {bad[0]!r}) became non-finite in epoch {epoch + 1} "
+                                f"(lr={cfg.lr}, lr_backbone={cfg.lr_backbone}: too large?); the last good checkpoint is kept")
 
 def _check_finite(terms: dict, step: int, epoch: int):
     for k, v in terms.items():
@@ -196,7 +216,18 @@ def train(cfg, **overrides) -> dict:
     rd = run_dir(cfg); rd.mkdir(parents=True, exist_ok=True)
     with open(rd/".lock", "w") as lock:           # one process per run: a second one asking for it waits, then
         fcntl.flock(lock, fcntl.LOCK_EX)          # finds it finished (the lock dies with its process)
-        return _train(cfg, rd)
+        if not (rd/".lock").exists(): return train(cfg)     # the holder failed and removed the folder: start afresh
+        try: return _train(cfg, rd)
+        except BaseException:
+            if not (rd/"checkpoint.pt").exists(): _remove_orphan(rd)
+            raise
+
+def _remove_orphan(rd: Path):
+    "Remove what a run that failed before its first checkpoint wrote (config, empty log, lock); the folder if then empty."
+    for f in ("config.json", "log.txt", ".lock"):
+        p = rd/f
+        if p.is_file() and (f != "log.txt" or p.stat().st_size == 0): p.unlink()
+    if not any(rd.iterdir()): rd.rmdir()
 
 def _train(cfg: RunConfig, rd: Path) -> dict:
     for stale in rd.glob(".*.tmp"): stale.unlink()      # left by a run killed mid-write (we hold the lock)
@@ -222,10 +253,10 @@ def _train(cfg: RunConfig, rd: Path) -> dict:
             rec = dict(epoch=epoch + 1, **{k: final[k] for k in ("seconds", "mIoU", "bIoU", "F", "J&F", "pixel_acc")},
                        **{k: v for k, v in final.items() if k.startswith("loss_")})
             history.append(rec)
-            print(json.dumps(rec), file=log, flush=True)
-            atomic_torch_save(dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1,
-                                   history=history, final=final, config=cfg_d), rd/"checkpoint.pt")
+            atomic_torch_save(dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history,
+                                   final=final, config=cfg_d, data=data_fingerprint(cfg.data_root)), rd/"checkpoint.pt")
             atomic_write_json(rd/"metrics.json", dict(config=cfg_d, run_dir=str(rd), history=history, final=final))
+            print(json.dumps(rec), file=log, flush=True)       # logged once the epoch is saved: a re-run never repeats a line
     return dict(config=cfg_d, run_dir=str(rd), history=history, final=final)
 
 def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device) -> dict:
@@ -250,5 +281,6 @@ def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device)
         n += 1
         if i % cfg.log_interval == 0: bar.set_postfix({k: f"{v / n:.3f}" for k, v in sums.items()})
     seconds = round(time.time() - t0, 2)
+    _check_weights(model, epoch, cfg)
     return dict(validate(model, val_ds, device, progress=cfg.progress), seconds=seconds,
                 **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()})
