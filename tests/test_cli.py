@@ -38,3 +38,115 @@ def test_bad_arguments_give_one_line_error(tmp_path, args, needle):
 def test_help():
     r = run("make-data", "--help")
     assert r.returncode == 0 and "--root" in r.stdout
+
+
+# ---- issue 14: no traceback for a user error, never exit 0 after a failure, nothing a user wrote overwritten ----
+
+TINY = ["method=full", "crop=48", "batch_size=2", "epochs=1", "device=cpu", "progress=false",
+        "max_train_images=4", "method_cfg.aspp_channels=8", "method_cfg.decoder_channels=8"]
+
+
+def sets(*kv):
+    return [a for s in kv for a in ("--set", s)]
+
+
+def run_in(cwd, *args):
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def one_line_error(r, needle, code=2):
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and needle in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    "A tiny benchmark and a one-epoch run trained with a *relative* data_root from the benchmark's parent folder."
+    home = tmp_path_factory.mktemp("cli")
+    assert run_in(home, "make-data", "--root", "bench", "--n-train", "4", "--n-val", "2", "--size", "48").returncode == 0
+    r = run_in(home, "train", *sets(*TINY, "data_root=bench", "out_dir=runs"))
+    assert r.returncode == 0, r.stderr
+    (run,) = (home / "runs").iterdir()
+    return home, run, r.stdout.split("mIoU ")[1].split()[0]
+
+
+def test_eval_from_another_directory_scores_the_same_data(trained, tmp_path):
+    home, run, miou = trained
+    r = run_in(tmp_path, "eval", "--run", str(run))              # the run's data_root was stored absolute
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"val: mIoU {miou}")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (("--max-images", "0"), "max_images=0: expected a positive integer"),
+    (("--bg-power", "nan"), "bg_power=nan"),
+    (("--bg-power", "-1"), "bg_power=-1.0: expected a positive number"),
+    (("--min-confidence", "5"), "min_confidence=5.0: expected a number in [0, 1]"),
+    (("--scales", "nan"), "scales=nan"),
+])
+def test_eval_rejects_bad_inference_options(trained, extra, needle):
+    one_line_error(run("eval", "--run", str(trained[1]), *extra), needle)
+
+
+def test_infer_never_writes_into_a_dataset_or_over_a_folder(trained, tmp_path):
+    home, run_dir, _ = trained
+    gt = home / "bench/SegmentationClass"
+    before = {p.name: p.read_bytes() for p in gt.iterdir()}
+    for force in ((), ("--force",)):
+        one_line_error(run("infer", "--run", str(run_dir), "--export", str(gt), *force), "inside the dataset root")
+    assert {p.name: p.read_bytes() for p in gt.iterdir()} == before
+    out = tmp_path / "pred"; out.mkdir(); (out / "mine.txt").write_text("keep")
+    one_line_error(run("infer", "--run", str(run_dir), "--export", str(out)), "folder is not empty")
+    r = run("infer", "--run", str(run_dir), "--export", str(out), "--force")
+    assert r.returncode == 0, r.stderr
+    assert (out / "mine.txt").read_text() == "keep" and len(list(out.glob("*.png"))) == 2
+
+
+def test_eval_on_a_damaged_run_names_the_file(trained, tmp_path):
+    bad = tmp_path / "run"; shutil.copytree(trained[1], bad)
+    (bad / "config.json").write_text("[1, 2]")
+    one_line_error(run("eval", "--run", str(bad)), "config.json: expected a json object of RunConfig fields")
+
+
+@pytest.mark.parametrize("kv,needle", [
+    ("poly_power=NaN", "poly_power=nan: expected a finite number"),
+    ("lr=NaN", "lr=nan: expected a finite number"),
+    ("grad_clip=-1", "grad_clip=-1.0: expected a positive number"),
+    ("momentum=-1", "momentum=-1.0"),
+    ("num_workers=-1", "num_workers=-1"),
+    ("scale_range=[0.5]", "scale_range=[0.5]: expected two numbers"),
+])
+def test_train_rejects_bad_numbers(trained, kv, needle):
+    one_line_error(run("train", *sets(*TINY, f"data_root={trained[0] / 'bench'}", kv)), needle)
+
+
+@pytest.mark.parametrize("body,needle", [("[1]", "got list"), ('"cam"', "got str"), ("3", "got int"), ("{", "not a readable json")])
+def test_train_config_file_must_be_an_object(tmp_path, body, needle):
+    (tmp_path / "c.json").write_text(body)
+    one_line_error(run("train", "--config", str(tmp_path / "c.json")), needle)
+
+
+def test_failed_run_leaves_no_orphan_folder(tmp_path):
+    r = run("train", *sets(*TINY, f"data_root={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'runs'}"))
+    one_line_error(r, "dataset root not found")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_bench_rejects_zero_repeats():
+    one_line_error(run("bench", "pamr", "--repeats", "0"), "repeats=0: expected a positive integer")
+
+
+def test_make_data_keeps_a_folder_with_an_unreadable_description(tmp_path):
+    root = tmp_path / "mine"; root.mkdir()
+    (root / "benchmark.json").write_text("{not json"); (root / "notes.txt").write_text("mine")
+    r = run("make-data", "--root", str(root), "--n-train", "2", "--n-val", "1", "--size", "48")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "benchmark.json" in r.stderr, r.stderr
+    assert (root / "notes.txt").read_text() == "mine" and (root / "benchmark.json").read_text() == "{not json"
+
+
+def test_tables_exit_nonzero_when_a_point_fails(tmp_path):
+    "A table whose points fail exits 1 (run_table keeps finished values: tests/test_tables.py)."
+    out = tmp_path / "tables"; (out / "results").mkdir(parents=True)
+    r = run("tables", "ssss_t9", "--data-root", str(tmp_path / "nonexistent"), "--runs", str(tmp_path / "rt"), "--out", str(out))
+    assert r.returncode == 1 and "failed" in r.stderr and "Traceback" not in r.stderr, (r.stdout, r.stderr)

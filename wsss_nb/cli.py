@@ -4,7 +4,7 @@
 
 # %% ../nbs/80_cli.ipynb #f93bee96
 from __future__ import annotations
-import argparse, json, sys
+import argparse, json, sys, warnings
 from pathlib import Path
 
 from .core import WSSSError, ConfigError
@@ -56,7 +56,8 @@ def cmd_eval(args, export=None) -> int:
     "Evaluate a run on a split with the chosen inference; print the metrics (and export when asked)."
     from wsss_nb.infer import evaluate, InferConfig
     icfg = InferConfig(tuple(args.scales), args.flip, args.min_confidence, args.gt_labels, args.crf, args.bg_power)
-    m = evaluate(args.run, args.split, icfg, export=export, export_probs=getattr(args, "probs", False), max_images=args.max_images)
+    m = evaluate(args.run, args.split, icfg, export=export, export_probs=getattr(args, "probs", False), max_images=args.max_images,
+                 overwrite=getattr(args, "force", False))
     print(f"{args.split}: mIoU {m['mIoU']:.4f}  bIoU {m['bIoU']:.4f}  F {m['F']:.4f}  J&F {m['J&F']:.4f}")
     print("per class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in m["IoU"].items()))
     if export: print(f"exported to {export}")
@@ -66,11 +67,11 @@ def cmd_bench(args) -> int:
     "Run a named benchmark of `wsss_nb.bench` (it prints its own summary line)."
     import wsss_nb.bench as bench
     fn = getattr(bench, f"bench_{args.name}")
-    fn(**({"repeats": args.repeats} if args.repeats else {}))
+    fn(**({"repeats": args.repeats} if args.repeats is not None else {}))
     return 0
 
 def cmd_tables(args) -> int:
-    "Run the papers' tables (missing points only) and write papers_tables/; `--list` shows the registry."
+    "Run the papers' tables (missing points only) and write papers_tables/; exit 1 when a point failed."
     from wsss_nb.tables import TABLES, get_table, run_table, write_index, table_points
     ids = args.ids or list(TABLES)
     for t in ids: get_table(t)                          # unknown ids fail before anything runs
@@ -79,13 +80,18 @@ def cmd_tables(args) -> int:
             s = TABLES[t]; n = len(table_points(s, args.profile))
             print(f"{t:14s} {s.paper:6s} {s.paper_table:22s} {n:3d} points  {s.caption}")
         return 0
+    n_failed = 0
     for i, t in enumerate(ids):
         print(f"[{i + 1}/{len(ids)}] {t}", flush=True)
-        r = run_table(t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out, data_root=args.data_root)
-        failed = sum(p["status"] == "failed" for p in r["points"])
-        print(f"  -> {Path(args.out)/(t + '.md')}" + (f" ({failed} failed points)" if failed else ""), flush=True)
+        with warnings.catch_warnings():              # run_table's "not rewritten" warning: said once, below
+            warnings.simplefilter("ignore")
+            r = run_table(t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out, data_root=args.data_root)
+        n_failed += r["failed"]
+        print(f"  -> {Path(args.out)/(t + '.md')}" + (f" ({r['failed']} failed points)" if r["failed"] else "")
+              + ("" if r["written"] else f"; not rewritten: {r['reason']}"), flush=True)
     print(f"index: {write_index(args.out)}")
-    return 0
+    if n_failed: print(f"wsss-nb tables: {n_failed} points failed (their errors are in the tables' 'Failed points')", file=sys.stderr)
+    return 1 if n_failed else 0
 
 def cmd_lab(args) -> int:
     "Open JupyterLab on the notebooks."
@@ -121,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _infer_args(e); e.set_defaults(func=cmd_eval)
     i = sub.add_parser("infer", help="predict a split and export palette PNGs",
                        description="Predict a split with a run and export palette PNGs (and probability maps).")
-    _infer_args(i); i.add_argument("--export", required=True, help="output folder")
+    _infer_args(i); i.add_argument("--export", required=True, help="output folder (empty, outside every dataset)")
+    i.add_argument("--force", action="store_true", help="write over a non-empty export folder (never into a dataset)")
     i.add_argument("--probs", action="store_true", help="also export probability maps (.npy, float16)")
     i.set_defaults(func=lambda a: cmd_eval(a, export=a.export))
     bn = sub.add_parser("bench", help="run a speed benchmark", description="Speed benchmarks (notebook 90_bench).")

@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import ConfigError, CheckpointError, get_device, atomic_open, atomic_write_json
+from .core import ConfigError, CheckpointError, DataError, get_device, atomic_open, atomic_write_json, check_int, check_num
 from .data import VOCDataset, save_mask
 from .metrics import SegEvaluator
 from .crf import dense_crf
 from .methods import build_method, upsample
-from .train import RunConfig, run_config, load_checkpoint
+from .train import RunConfig, run_config, load_checkpoint, data_fingerprint
 
 # %% auto #0
-__all__ = ['InferConfig', 'predict_image', 'to_uint8', 'load_run', 'evaluate']
+__all__ = ['InferConfig', 'predict_image', 'to_uint8', 'load_run', 'check_export', 'evaluate']
 
 # %% ../nbs/51_infer.ipynb #322432c7
 @dataclass
@@ -34,11 +34,17 @@ class InferConfig:
     crf: bool = False
     bg_power: float | None = None         # p_bg ← p_bg^α then renormalise (α < 1 favours background)
 
+    def __post_init__(self):
+        self.scales = tuple(self.scales)
+        if not self.scales: raise ConfigError("scales=(): expected at least one positive factor")
+        for s in self.scales: check_num(s, "scales", 0, lo_open=True)
+        if self.min_confidence is not None: check_num(self.min_confidence, "min_confidence", 0, 1)
+        if self.bg_power is not None: check_num(self.bg_power, "bg_power", 0, lo_open=True)
+
 @torch.no_grad()
 def predict_image(model, image: torch.Tensor, cfg: InferConfig = InferConfig(), labels=None) -> torch.Tensor:
     "(C+1)×H×W probabilities for one normalised 3×H×W image, merged over scales and flips."
     if image.ndim != 3 or image.shape[0] != 3: raise ConfigError(f"image: expected 3×H×W, got {tuple(image.shape)}")
-    if not cfg.scales or min(cfg.scales) <= 0: raise ConfigError(f"scales={cfg.scales}: expected positive factors")
     x = image[None]; H, W = x.shape[-2:]
     if labels is not None: labels = labels.reshape(1, -1).float()
     elif cfg.min_confidence is not None:
@@ -62,23 +68,40 @@ def to_uint8(image_raw: torch.Tensor) -> np.ndarray:
 
 # %% ../nbs/51_infer.ipynb #4d2f60f1
 def load_run(run_dir, device=None):
-    "A trained method and its RunConfig from `runs/<hash>/`."
+    "A trained method and its RunConfig from `runs/<hash>/`; the benchmark at its `data_root` must be the one it trained on."
     rd = Path(run_dir)
     if not (rd/"config.json").is_file(): raise ConfigError(f"{rd}: not a run folder (no config.json)")
     if not (rd/"checkpoint.pt").is_file(): raise CheckpointError(f"{rd}/checkpoint.pt: no checkpoint (the run has not finished an epoch)")
-    cfg = run_config(json.loads((rd/"config.json").read_text()))
+    cfg = run_config(rd/"config.json")
     classes = VOCDataset(cfg.data_root, cfg.val_split).num_classes
     model = build_method(cfg.method, classes, cfg.method_cfg, cfg.backbone_cfg)
-    load_checkpoint(rd/"checkpoint.pt", model)
+    then, now = load_checkpoint(rd/"checkpoint.pt", model).get("data"), data_fingerprint(cfg.data_root)
+    if then is not None and then != now:
+        raise DataError(f"{rd}: trained on benchmark {then} at {cfg.data_root}, which now holds "
+                        f"{'benchmark ' + now if now else 'no generated benchmark'}; rebuild that benchmark or retrain the run")
     return model.to(get_device(device or cfg.device)).eval(), cfg
+
+def check_export(export, data_root, overwrite: bool = False) -> Path:
+    "`export` as a Path when predictions may be written there: outside every dataset root, and empty unless `overwrite`."
+    out = Path(export).expanduser().resolve()
+    roots = {Path(data_root).expanduser().resolve()} | {p for p in (out, *out.parents) if (p/"JPEGImages").is_dir() and (p/"ImageSets").is_dir()}
+    for r in roots:
+        if out == r or r in out.parents:
+            raise ConfigError(f"export={export}: inside the dataset root {r}; it would overwrite the dataset — choose a folder outside it")
+    if out.exists() and not out.is_dir(): raise ConfigError(f"export={export}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"export={export}: folder is not empty; choose an empty one or pass overwrite=True (`--force`)")
+    return out
 
 def evaluate(run_or_model, split: str = "val", cfg: InferConfig = InferConfig(), data_root=None,
              export=None, export_probs: bool = False, max_images: int | None = None, progress: bool = True,
-             boundary_ratio: float = 0.02) -> dict:
+             boundary_ratio: float = 0.02, overwrite: bool = False) -> dict:
     "Score a run folder or a model on `split` (SegEvaluator summary, bIoU at `boundary_ratio`); optionally export predictions."
+    if max_images is not None: check_int(max_images, "max_images")
     if isinstance(run_or_model, (str, Path)): model, rc = load_run(run_or_model); data_root = data_root or rc.data_root
     else: model = run_or_model.eval()
     if data_root is None: raise ConfigError("data_root: needed when evaluating a model rather than a run folder")
+    if export is not None: export = check_export(export, data_root, overwrite)
     ds = VOCDataset(data_root, split)
     device = next(model.parameters()).device
     ev = SegEvaluator(ds.num_classes, class_names=("background", *ds.classes), boundary_ratio=boundary_ratio)
