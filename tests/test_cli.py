@@ -150,3 +150,10 @@ def test_tables_exit_nonzero_when_a_point_fails(tmp_path):
     out = tmp_path / "tables"; (out / "results").mkdir(parents=True)
     r = run("tables", "ssss_t9", "--data-root", str(tmp_path / "nonexistent"), "--runs", str(tmp_path / "rt"), "--out", str(out))
     assert r.returncode == 1 and "failed" in r.stderr and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+
+
+def test_out_of_memory_is_one_line(trained, tmp_path):
+    "A crop far beyond memory (12 TB for one batch) is reported as such, not as torch's traceback."
+    r = run("train", *sets(*TINY, f"data_root={trained[0] / 'bench'}", "crop=1000000", f"out_dir={tmp_path}"))
+    one_line_error(r, "out of memory")
+    assert not any(tmp_path.iterdir())

@@ -1,9 +1,12 @@
-"""A tiny table runs through papermill: a failing point is recorded, the other completes, a re-run reuses the finished one."""
+"""A tiny table runs through papermill: a failing point is recorded, the other completes, a re-run reuses the finished one;
+a corrupt results.json is recomputed; a re-run whose points fail leaves a table holding their finished values as it was."""
 import json
 from pathlib import Path
 
+import pytest
+
 from wsss_nb.synthetic import make_benchmark
-from wsss_nb.tables import Claim, Row, TableSpec, register_table, run_table, write_index, TABLES
+from wsss_nb.tables import Claim, Row, TableSpec, register_table, run_point, run_table, write_index, TABLES
 
 
 def test_tiny_table_through_papermill(tmp_path):
@@ -18,6 +21,7 @@ def test_tiny_table_through_papermill(tmp_path):
         first = run_table("tiny_test", "quick", **kw)
         status = {p["row"]: p["status"] for p in first["points"]}
         assert status == {"ok": "done", "broken": "failed"}, first["points"]
+        assert (first["failed"], first["written"], first["kept"]) == (1, True, [])   # first write: nothing to lose
         broken = next(p for p in first["points"] if p["row"] == "broken")
         assert "missing" in broken["error"], broken["error"]          # the error names the missing folder
         ok = next(p for p in first["points"] if p["row"] == "ok")
@@ -35,6 +39,7 @@ def test_tiny_table_through_papermill(tmp_path):
         second = run_table("tiny_test", "quick", **kw)
         status = {p["row"]: p["status"] for p in second["points"]}
         assert status == {"ok": "reused", "broken": "failed"}          # finished point reused, failed one tried again
+        assert (second["failed"], second["written"]) == (1, True)      # 'broken' was failed before: nothing lost
         assert res.stat().st_mtime_ns == stamp
         assert second["points"][0]["value"] == ok["value"]
 
@@ -42,6 +47,60 @@ def test_tiny_table_through_papermill(tmp_path):
         assert "tiny_test.md" in index
     finally:
         TABLES.pop("tiny_test", None)
+
+
+def test_failed_rerun_keeps_the_written_table(tmp_path):
+    """Issue 14.2: `wsss-nb tables T --data-root /nonexistent` once wrote 'failed' over T's good numbers."""
+    bench = make_benchmark(tmp_path / "bench", n_train=16, n_val=8, size=64, progress=False)
+    register_table(TableSpec(
+        id="tiny_keep", paper="ssss", paper_table="Table 0", caption="kept on failure",
+        base=dict(method="cam", epochs=1, max_train_images=16, max_val_images=8, batch_size=8, device="cpu"),
+        rows=[Row("cam", {}, paper=50.0)]))
+    try:
+        kw = dict(runs_root=tmp_path / "runs", out_dir=tmp_path / "tables", progress=False)
+        good = run_table("tiny_keep", "quick", data_root=bench, **kw)
+        assert (good["failed"], good["written"], good["kept"]) == (0, True, [])
+        value = good["points"][0]["value"]
+        assert 0.0 <= value <= 1.0
+        res = Path(good["points"][0]["path"]) / "results.json"
+
+        # item 11: a truncated results.json (a disk full, a copy cut short) counts as missing: warned about, recomputed
+        res.write_text(res.read_text()[:20])
+        with pytest.warns(UserWarning, match=r"results\.json.*recomputing"):
+            again = run_table("tiny_keep", "quick", data_root=bench, **kw)
+        assert again["points"][0]["status"] == "done", again["points"]
+        assert json.loads(res.read_text())["val"]["mIoU"] == pytest.approx(value)   # the finished run, re-evaluated
+        assert again["written"]
+
+        # item 2: a re-run whose point fails (no such data folder) leaves the written table and the index as they were
+        index = write_index(tmp_path / "tables")
+        files = [tmp_path / "tables" / "tiny_keep.md", tmp_path / "tables" / "results" / "tiny_keep.csv",
+                 tmp_path / "tables" / "results" / "tiny_keep.json", index]
+        before = [f.read_bytes() for f in files]
+
+        with pytest.warns(UserWarning, match="tiny_keep.csv"):
+            bad = run_table("tiny_keep", "quick", data_root=tmp_path / "nonexistent", **kw)
+        assert bad["points"][0]["status"] == "failed" and "nonexistent" in bad["points"][0]["error"]
+        assert (bad["failed"], bad["written"]) == (1, False)
+        assert bad["kept"] == [dict(row="cam", seed=0, value=value)]
+        write_index(tmp_path / "tables")
+        assert [f.read_bytes() for f in files] == before              # md, csv, json and the index: byte-identical
+    finally:
+        TABLES.pop("tiny_keep", None)
+
+
+def test_fresh_unreadable_results_name_the_file(tmp_path):
+    """A results.json the experiment notebook wrote but that is not JSON: the point fails with an error naming it."""
+    import nbformat
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                                            "language_info": {"name": "python"}})
+    nb.cells = [nbformat.v4.new_code_cell("config = {}\nresults_path = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("open(results_path, 'w').write('{\"val\": {\"mIoU\": 0.')")]
+    (tmp_path / "nbs").mkdir(); nbformat.write(nb, tmp_path / "nbs" / "garbage.ipynb")
+    cfg = dict(data_root=str(tmp_path / "data"), out_dir=str(tmp_path / "runs"))
+    r = run_point(cfg, "garbage", notebooks=tmp_path / "nbs")
+    assert r["status"] == "failed", r
+    assert "results.json" in r["error"] and str(tmp_path) in r["error"], r["error"]
 
 
 def test_experiment_notebooks_have_a_parameters_cell():

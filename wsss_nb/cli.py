@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     except (WSSSError, OSError) as e:
         print(f"wsss-nb {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:           # torch reports a failed allocation as a RuntimeError
+        if not isinstance(e, MemoryError) and not any(s in str(e) for s in ("can't allocate memory", "out of memory")): raise
+        print(f"wsss-nb {args.command}: error: out of memory ({str(e).strip().splitlines()[-1][-160:]}); "
+              f"reduce batch_size, crop or the image size", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"wsss-nb {args.command}: interrupted", file=sys.stderr)
         return 130

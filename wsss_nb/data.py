@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #bca7f753
 from __future__ import annotations
-import io
+import io, os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -29,7 +29,7 @@ def read_classes(root) -> tuple[str, ...]:
     "Foreground class names: `root/classes.txt` when present, else the 20 VOC classes."
     p = Path(root)/"classes.txt"
     if not p.exists(): return VOC_CLASSES
-    names = tuple(l.strip() for l in p.read_text().splitlines() if l.strip())
+    names = tuple(l.strip() for l in p.read_text(encoding="utf-8-sig").splitlines() if l.strip())
     if not names: raise DataError(f"{p}: empty; expected one foreground class name per line")
     if len(set(names)) != len(names): raise DataError(f"{p}: duplicate class names")
     if "background" in names: raise DataError(f"{p}: list foreground classes only ('background' is index 0)")
@@ -53,6 +53,7 @@ def _read_pil(path, what: str, convert) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             return convert(im)
+    except DataError: raise                      # `convert`'s own message (e.g. colours outside the palette)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: unreadable or truncated {what} ({e})") from None
 
@@ -113,6 +114,7 @@ class VOCDataset(torch.utils.data.Dataset):
     def __init__(self, root, split: str = "train", transform=None, mask_dir: str | None = None,
                  masks: bool | None = None, boxes: bool | None = None, classes=None,
                  extra_masks: dict | None = None, max_images: int | None = None):
+        if not isinstance(root, (str, os.PathLike)): raise ConfigError(f"root={root!r}: expected a dataset folder path")
         self.root, self.split = Path(root), split
         if not self.root.is_dir(): raise DataError(f"{self.root}: dataset root not found")
         self.classes = tuple(classes) if classes is not None else read_classes(self.root)
@@ -139,7 +141,7 @@ class VOCDataset(torch.utils.data.Dataset):
             have = sorted({q.stem for q in (self.root/"ImageSets").glob("Segmentation*/*.txt")})
             raise DataError(f"{self.root}/ImageSets/Segmentation/{split}.txt: split {split!r} not found; "
                             f"available splits: {have}")
-        names = [Path(l.split()[0]).stem for l in p.read_text().splitlines() if l.strip()]
+        names = [Path(l.split()[0]).stem for l in p.read_text(encoding="utf-8-sig").splitlines() if l.strip()]
         if not names: raise DataError(f"{p}: split file is empty; expected one image name per line")
         return names
 

@@ -38,6 +38,7 @@ def _binary(x, name: str) -> np.ndarray:
     "`x` as an H×W bool mask (nonzero = on)."
     a = _np(x, name)
     if a.ndim != 2: raise DataError(f"{name}: expected an H×W mask, got shape {tuple(a.shape)}")
+    if a.size == 0: raise DataError(f"{name}: expected a non-empty H×W mask, got shape {tuple(a.shape)}")
     return a != 0
 
 def _same_shape(a, b, na: str, nb: str):
@@ -287,6 +288,10 @@ def filling_rate(mask, boxes) -> np.ndarray:
     cls = b[:, 4]
     if (cls < 1).any() or (cls != np.round(cls)).any():
         raise DataError(f"boxes: class column must hold integers ≥ 1 (foreground), got {np.unique(cls)[:5].tolist()}")
+    bad = np.flatnonzero(~((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])))        # NaN coordinates too
+    if bad.size:
+        raise DataError(f"boxes: box {bad[0]} (x1, y1, x2, y2) = {tuple(b[bad[0], :4].tolist())} has zero or negative "
+                        f"area; expected x1 < x2 and y1 < y2")
     H, W = m.shape
     xs = np.clip(np.rint(b[:, [0, 2]]), 0, W).astype(int)
     ys = np.clip(np.rint(b[:, [1, 3]]), 0, H).astype(int)

@@ -49,6 +49,8 @@ def _check_image(image):
         raise DataError(f"image: expected a B×K×H×W tensor, got {_desc(image)}")
     if not image.is_floating_point():
         raise DataError(f"image: expected a float tensor in [0, 1] (a sample's image_raw), got dtype {image.dtype}")
+    if 0 in image.shape[1:]:
+        raise DataError(f"image: expected a non-empty B×K×H×W tensor (K, H, W ≥ 1), got shape {tuple(image.shape)}")
 
 def _desc(x): return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
@@ -106,11 +108,16 @@ def _check_inputs(image, mask, num_iter, labels=None):
     if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
         raise DataError(f"mask: expected a B×C×h×w tensor, got {_desc(mask)}")
     if not mask.is_floating_point(): raise DataError(f"mask: expected a float tensor, got dtype {mask.dtype}")
+    if 0 in mask.shape[1:]:
+        raise DataError(f"mask: expected a non-empty B×C×h×w tensor (C, h, w ≥ 1), got shape {tuple(mask.shape)}")
     if image.shape[0] != mask.shape[0]:
         raise DataError(f"image, mask: batch sizes differ: image has {image.shape[0]}, mask has {mask.shape[0]}")
     if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != (mask.shape[0], mask.shape[1] - 1)):
         raise DataError(f"labels: expected a B×(C-1) multi-hot tensor (foreground classes) = "
                         f"{(mask.shape[0], mask.shape[1] - 1)} for a mask of shape {tuple(mask.shape)}, got {_desc(labels)}")
+    for name, x in (("image", image), ("mask", mask)):          # one isfinite pass each
+        if not torch.isfinite(x).all():
+            raise DataError(f"{name}: expected finite values, found {int((~torch.isfinite(x)).sum())} NaN/inf")
 
 def _resize(mask, image):
     return F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)

@@ -332,6 +332,31 @@ def _complete(root: Path, params: dict) -> bool:
         if any(f"{n}{ext}" not in have[d] for n in names for d, ext in zip(_DIRS[:3], (".jpg", ".png", ".xml"))): return False
     return (root/"classes.txt").is_file()
 
+def _written(meta: dict) -> set[str] | None:
+    "Relative paths of every file the generator writes for the split sizes in `meta` (None when it has none)."
+    ns = [meta.get(f"n_{s}") for s in SPLITS]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in ns): return None
+    return {"benchmark.json", "classes.txt", *(f"ImageSets/Segmentation/{s}.txt" for s in SPLITS),
+            *(f"{d}/{name}{ext}" for s, n in zip(SPLITS, ns) for name in split_names(s, n)
+              for d, ext in zip(_DIRS, (".jpg", ".png", ".xml")))}
+
+def _check_replaceable(root: Path, old, params: dict):
+    "Without `overwrite`: a `ConfigError` unless the benchmark at `root` (its benchmark.json read as `old`) may be rebuilt."
+    again = "pass overwrite=True (--overwrite) to rebuild it, or choose another root"
+    if not isinstance(old, dict) or _written(old) is None:
+        raise ConfigError(f"{root/'benchmark.json'}: unreadable or not written by make_benchmark; refusing to replace {root} — {again}")
+    if old.get("format_version") == FORMAT_VERSION and old != params:
+        diff = sorted(k for k in params if old.get(k) != params[k])
+        knobs = old["knobs"] if isinstance(old.get("knobs"), dict) else {}
+        if diff == ["knobs"]: diff = [f"knobs.{k}" for k in params["knobs"] if knobs.get(k) != params["knobs"][k]]
+        raise ConfigError(f"{root}: holds a benchmark built with different parameters ({', '.join(diff)}); {again}")
+    # an older generator's build, or an incomplete one: rebuilt only when every file in it is one the generator wrote
+    extra = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink() or not p.is_dir()} - _written(old)
+    if extra:
+        what = "an older generator's benchmark" if old.get("format_version") != FORMAT_VERSION else "an incomplete benchmark"
+        raise ConfigError(f"{root}: holds {what} and {min(extra)}, which make_benchmark did not write; "
+                          f"refusing to replace it — {again}")
+
 def make_benchmark(root, n_train: int = 1500, n_val: int = 300, size: int = 128, seed: int = 0,
                    overwrite: bool = False, progress: bool = True, **knobs) -> Path:
     "Write (or find) the built-in benchmark at `root` in the PASCAL VOC 2012 layout; knobs: see `BenchmarkKnobs`."
@@ -343,16 +368,10 @@ def make_benchmark(root, n_train: int = 1500, n_val: int = 300, size: int = 128,
                                         seed=seed, knobs=asdict(kn), classes=list(CLASSES))))
     meta = root/"benchmark.json"
     if meta.is_file():
-        try: old = json.loads(meta.read_text())
+        try: old = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError): old = None
         if old == params and not overwrite and _complete(root, params): return root
-        stale = not isinstance(old, dict) or old.get("format_version") != FORMAT_VERSION   # an older generator wrote it
-        if old != params and not overwrite and not stale:
-            diff = sorted(k for k in params if not isinstance(old, dict) or old.get(k) != params[k])
-            diff = [f"knobs.{k}" for k in params["knobs"] if (old or {}).get("knobs", {}).get(k) != params["knobs"][k]] \
-                if diff == ["knobs"] else diff
-            raise ConfigError(f"{root}: holds a benchmark built with different parameters ({', '.join(diff)}); "
-                              f"pass overwrite=True to rebuild it, or choose another root")
+        if not overwrite: _check_replaceable(root, old, params)
     elif root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root}: exists and is not a benchmark written by make_benchmark (no benchmark.json); "
                           f"refusing to replace it — remove it or choose another root")

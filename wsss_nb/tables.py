@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_tables.ipynb #a20a60d8
 from __future__ import annotations
-import dataclasses, json, math, textwrap, time
+import dataclasses, json, math, textwrap, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import wsss_nb
-from .core import ConfigError, WSSSError, atomic_write_json, atomic_write_text, config_hash, to_dict
+from .core import ConfigError, DataError, WSSSError, atomic_write_json, atomic_write_text, config_hash, to_dict
 from .train import run_config, run_dir
 from .metrics import mean_std
 
@@ -127,22 +127,33 @@ def _bana_home(config, experiment):
 
 KINDS = {"run": lambda config, experiment: run_dir(run_config(None, **config)), "bana": _bana_home}
 
+def _read_json(path, what: str = "results") -> dict:
+    "The JSON object stored at `path`; DataError naming the file when it is not JSON (truncated, corrupt) or not an object."
+    path = Path(path)
+    try: d = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e: raise DataError(f"{path}: unreadable {what} file ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict): raise DataError(f"{path}: unreadable {what} file (a JSON {type(d).__name__}, expected an object)")
+    return d
+
 def run_point(config: dict, experiment: str = "train_eval", params: dict | None = None, kind: str = "run",
               notebooks=EXPERIMENTS_DIR, kernel: str = "python3") -> dict:
-    "Run (or reuse) one grid point; returns dict(status='done'|'reused'|'failed', results, error, path, seconds)."
+    """Run (or reuse) one grid point; returns dict(status='done'|'reused'|'failed', results, error, path, seconds).
+    An unreadable `results.json` (truncated, corrupt) counts as missing: a one-line `UserWarning` names it, the point is recomputed."""
     import papermill as pm
     params, t0 = dict(params or {}), time.time()
     try:
         out = point_dir(config, experiment, params, kind)
         res = out/"results.json"
-        if res.is_file(): return dict(status="reused", results=json.loads(res.read_text()), error=None, path=str(out), seconds=0.0)
+        if res.is_file():
+            try: return dict(status="reused", results=_read_json(res), error=None, path=str(out), seconds=0.0)
+            except DataError as e: warnings.warn(f"{e}; recomputing the point", stacklevel=2)   # treated as missing
         nb = Path(notebooks)/f"{experiment}.ipynb"
         if not nb.is_file(): raise ConfigError(f"experiment={experiment!r}: no notebook {nb}")
         out.mkdir(parents=True, exist_ok=True)
         plain = json.loads(json.dumps(dict(config=config, **params)))     # tuples → lists: papermill passes only json types
         pm.execute_notebook(str(nb), str(out/nb.name), parameters=dict(plain, results_path=str(res)),
                             kernel_name=kernel, progress_bar=False)   # no cwd=: papermill would chdir the whole process
-        return dict(status="done", results=json.loads(res.read_text()), error=None, path=str(out), seconds=round(time.time() - t0, 1))
+        return dict(status="done", results=_read_json(res), error=None, path=str(out), seconds=round(time.time() - t0, 1))
     except pm.PapermillExecutionError as e:
         err = f"{e.ename}: {e.evalue}".splitlines()[0]
     except (WSSSError, OSError, ValueError, RuntimeError) as e:
@@ -207,9 +218,38 @@ def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profil
     return "\n".join(out) + "\n"
 
 # %% ../nbs/70_tables.ipynb #19ba81b0
+def _read_csv(path, what: str = "results") -> pd.DataFrame:
+    "A table's results csv; DataError naming the file when it is not a csv with row, seed and value columns."
+    path = Path(path)
+    try: df = pd.read_csv(path, dtype={"row": str})
+    except ValueError as e: raise DataError(f"{path}: unreadable {what} file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    missing = sorted({"row", "seed", "value"} - set(df.columns))
+    if missing: raise DataError(f"{path}: unreadable {what} file (no column {', '.join(missing)})")
+    return df
+
+_TABLE_KEYS = ("id", "paper", "paper_table", "caption", "profile", "rows", "claims")
+
+def _read_table_json(path) -> dict:
+    "A written table's results/<id>.json; DataError naming the file when it is unreadable or lacks a key."
+    rec = _read_json(path, "table")
+    missing = [k for k in _TABLE_KEYS if k not in rec]
+    if missing: raise DataError(f"{path}: unreadable table file (no {', '.join(missing)})")
+    return rec
+
+def _kept_values(csv_path: Path, failed: list[dict]) -> list[dict]:
+    "The finished values of the table written at `csv_path` that the `failed` points would replace (DataError: unreadable)."
+    if not failed or not csv_path.exists(): return []
+    old = _read_csv(csv_path)
+    seed, value = pd.to_numeric(old["seed"], errors="coerce"), pd.to_numeric(old["value"], errors="coerce")
+    done = {(r, int(s)): float(v) for r, s, v in zip(old["row"], seed, value) if pd.notna(s) and pd.notna(v)}
+    return [dict(row=p["row"], seed=p["seed"], value=done[p["row"], p["seed"]]) for p in failed if (p["row"], p["seed"]) in done]
+
 def run_table(table_id: str, profile: str = "quick", jobs: int = 1, runs_root="runs", out_dir="papers_tables",
               data_root=None, notebooks=EXPERIMENTS_DIR, progress: bool = True) -> dict:
-    "Run the missing points of a table (`jobs` papermill processes), then write its markdown and csv atomically."
+    """Run the missing points of a table (`jobs` papermill processes), then write its markdown, csv and json atomically,
+    unless a failed point would replace a finished value of the table already written in `out_dir` (then nothing is
+    written and a `UserWarning` says why). Returns dict(table, claims, points, failed: number of failed points,
+    written: whether the files were (re)written, kept: the finished values that were kept, reason: why not written)."""
     spec, out_dir = get_table(table_id), Path(out_dir).absolute()
     if not isinstance(jobs, int) or jobs < 1: raise ConfigError(f"jobs={jobs!r}: expected a positive integer")
     pts = table_points(spec, profile, runs_root, data_root)
@@ -226,7 +266,15 @@ def run_table(table_id: str, profile: str = "quick", jobs: int = 1, runs_root="r
         r = done[key(p)]
         p.update(status=r["status"], error=r["error"], path=r["path"], seconds=r["seconds"], value=read_metric(r["results"], p["metric"]))
     df, claims = summarize(spec, pts)
-    out = Path(out_dir)
+    out, failed = Path(out_dir), [p for p in pts if p["status"] == "failed"]
+    old_csv, kept, reason = out/"results"/f"{table_id}.csv", [], None
+    try: kept = _kept_values(old_csv, failed)
+    except (DataError, OSError) as e: reason = f"{e}; cannot tell which finished values the {len(failed)} failed point(s) would replace"
+    if kept: reason = (f"{old_csv} holds finished values for {len(kept)} point(s) that failed now ("
+                       + ", ".join(f"{k['row']!r} seed {k['seed']}" for k in kept) + ")")
+    if reason is not None:
+        warnings.warn(f"table {table_id!r} not rewritten: {reason}; its md, csv and json are left as they were", stacklevel=2)
+        return dict(table=df, claims=claims, points=pts, failed=len(failed), written=False, kept=kept, reason=reason)
     csv = pd.DataFrame([dict(table=table_id, profile=profile, row=p["row"], seed=p["seed"], metric=p["metric"],
                              value=p["value"], status=p["status"], error=p["error"], path=p["path"], seconds=p["seconds"])
                         for p in pts])
@@ -234,7 +282,7 @@ def run_table(table_id: str, profile: str = "quick", jobs: int = 1, runs_root="r
     atomic_write_json(out/"results"/f"{table_id}.json", dict(id=table_id, paper=spec.paper, paper_table=spec.paper_table,
                       caption=spec.caption, profile=profile, rows=df.to_dict("records"), claims=claims))
     atomic_write_text(out/f"{table_id}.md", table_markdown(spec, df, claims, profile, pts))
-    return dict(table=df, claims=claims, points=pts)
+    return dict(table=df, claims=claims, points=pts, failed=len(failed), written=True, kept=[], reason=None)
 
 def write_index(out_dir="papers_tables") -> Path:
     "papers_tables/README.md: every written table with a one-line reading of its claims."
@@ -244,9 +292,9 @@ def write_index(out_dir="papers_tables") -> Path:
         "effect holds here (n/a: a row of the claim is another paper's method or runs only in the full profile). "
         "Quick-profile numbers come from one seed and a few epochs on a few hundred images: "
         "a smoke signal that every grid point runs, not evidence; `wsss-nb tables --profile full` runs three seeds at full size.", ""]
+    every = [_read_table_json(f) for f in sorted((out/"results").glob("*.json"))]   # DataError names a corrupt one
     for paper, title in PAPERS.items():
-        recs = [json.loads(f.read_text()) for f in sorted((out/"results").glob("*.json"))]
-        recs = [r for r in recs if r["paper"] == paper]
+        recs = [r for r in every if r["paper"] == paper]
         if not recs: continue
         lines += [f"## {title}", ""]
         rows = []
@@ -671,8 +719,8 @@ register_table(TableSpec(
 def plot_table(table_id: str, out_dir="papers_tables", ax=None):
     "Bar chart of a written table: ours (benchmark, with std) and the paper's VOC numbers per row."
     import matplotlib.pyplot as plt
-    rec = json.loads((Path(out_dir)/"results"/f"{table_id}.json").read_text())
-    csv = pd.read_csv(Path(out_dir)/"results"/f"{table_id}.csv")
+    rec = _read_table_json(Path(out_dir)/"results"/f"{table_id}.json")    # DataError naming the file when corrupt
+    csv = _read_csv(Path(out_dir)/"results"/f"{table_id}.csv")
     rows = [r["row"] for r in rec["rows"]]
     vals = [[_pct(v) for v in csv.loc[(csv.row == r) & csv.value.notna(), "value"]] for r in rows]
     mean = [np.mean(v) if v else np.nan for v in vals]

@@ -271,8 +271,12 @@ def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device)
         set_lr(opt, cfg, it, total)
         batch = to_device(batch, device)
         with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=cfg.amp):
-            out = model(batch); terms = model.losses(batch, out, epoch)
-            if cfg.hfpl: terms = with_hfpl(terms, batch, out["cams"], batch["labels"], cfg.isl, cfg.fsl)
+            try:
+                out = model(batch); terms = model.losses(batch, out, epoch)
+                if cfg.hfpl: terms = with_hfpl(terms, batch, out["cams"], batch["labels"], cfg.isl, cfg.fsl)
+            except DataError as e:         # a component refused the model's own outputs (PAMR: non-finite masks)
+                raise TrainingError(f"step {it} (epoch {epoch + 1}): {e} — the model diverged (lr too large?); "
+                                    f"the last good checkpoint is kept") from None
         _check_finite(terms, it, epoch)
         opt.zero_grad(set_to_none=True); terms["total"].backward()
         if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
