@@ -265,6 +265,8 @@ def run_table(table_id: str, profile: str = "quick", jobs: int = 1, runs_root="r
     for p in pts:
         r = done[key(p)]
         p.update(status=r["status"], error=r["error"], path=r["path"], seconds=r["seconds"], value=read_metric(r["results"], p["metric"]))
+        if p["status"] != "failed" and p["value"] is None:   # a run that finished without the table's number failed too
+            p.update(status="failed", error=f"{r['path']}/results.json: no finite value at {p['metric']!r}")
     df, claims = summarize(spec, pts)
     out, failed = Path(out_dir), [p for p in pts if p["status"] == "failed"]
     old_csv, kept, reason = out/"results"/f"{table_id}.csv", [], None
