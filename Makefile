@@ -57,6 +57,7 @@ readme: env
 
 clean-nbs: env
 	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_clean --fname wsss_nb/experiments
 
 # The explorers in a real browser (tests/test_ui.py, slow): JupyterLab on a loopback port, nbs/60_explore.ipynb run
 # in headless Chromium. Installs Debian's chromium + chromium-driver (apt-get, as root or through sudo) and selenium.

@@ -1,92 +1,88 @@
 """A tiny table runs through papermill: a failing point is recorded, the other completes, a re-run reuses the finished one;
-a corrupt results.json is recomputed; a re-run whose points fail leaves a table holding their finished values as it was."""
-import json
+a corrupt results.json is recomputed; a re-run whose points fail leaves a table holding their finished values as it was;
+the papers' tables expand to the same grid points (config, parameters, metric) as before they moved to per-paper notebooks."""
+import hashlib, json
 from pathlib import Path
 
 import pytest
 
 from wsss_nb.synthetic import make_benchmark
-from wsss_nb.tables import Claim, Row, TableSpec, register_table, run_point, run_table, write_index, TABLES
+from wsss_nb.tables import Claim, Row, TableSpec
+from wsss_nb.table_runs import run_point, run_table, write_index
 
 
 def test_tiny_table_through_papermill(tmp_path):
     bench = make_benchmark(tmp_path / "bench", n_train=8, n_val=4, size=48, seed=1, progress=False)
-    spec = register_table(TableSpec(
+    spec = TableSpec(
         id="tiny_test", paper="ssss", paper_table="Table 0", caption="smoke test",
         base=dict(method="cam", epochs=1, crop=32, batch_size=4, device="cpu", data_root=str(bench)),
         rows=[Row("ok", {}, paper=50.0), Row("broken", {"data_root": str(tmp_path / "missing")}, paper=40.0)],
-        claims=[Claim("ok beats broken", "ok", "broken")]))
-    try:
-        kw = dict(runs_root=tmp_path / "runs", out_dir=tmp_path / "tables", progress=False)
-        first = run_table("tiny_test", "quick", **kw)
-        status = {p["row"]: p["status"] for p in first["points"]}
-        assert status == {"ok": "done", "broken": "failed"}, first["points"]
-        assert (first["failed"], first["written"], first["kept"]) == (1, True, [])   # first write: nothing to lose
-        broken = next(p for p in first["points"] if p["row"] == "broken")
-        assert "missing" in broken["error"], broken["error"]          # the error names the missing folder
-        ok = next(p for p in first["points"] if p["row"] == "ok")
-        assert 0.0 <= ok["value"] <= 1.0
-        res = Path(ok["path"]) / "results.json"
-        executed = Path(ok["path"]) / "train_eval.ipynb"
-        assert res.is_file() and executed.is_file()                    # the executed notebook is kept with the run
-        stamp = res.stat().st_mtime_ns
+        claims=[Claim("ok beats broken", "ok", "broken")])
+    kw = dict(runs_root=tmp_path / "runs", out_dir=tmp_path / "tables", progress=False)
+    first = run_table(spec, "quick", **kw)
+    status = {p["row"]: p["status"] for p in first["points"]}
+    assert status == {"ok": "done", "broken": "failed"}, first["points"]
+    assert (first["failed"], first["written"], first["kept"]) == (1, True, [])   # first write: nothing to lose
+    broken = next(p for p in first["points"] if p["row"] == "broken")
+    assert "missing" in broken["error"], broken["error"]          # the error names the missing folder
+    ok = next(p for p in first["points"] if p["row"] == "ok")
+    assert 0.0 <= ok["value"] <= 1.0
+    res = Path(ok["path"]) / "results.json"
+    executed = Path(ok["path"]) / "train_eval.ipynb"
+    assert res.is_file() and executed.is_file()                    # the executed notebook is kept with the run
+    stamp = res.stat().st_mtime_ns
 
-        md = (tmp_path / "tables" / "tiny_test.md").read_text()
-        assert "| ok |" in md and "50.0" in md and "failed" in md
-        csv = (tmp_path / "tables" / "results" / "tiny_test.csv").read_text()
-        assert "broken" in csv and "failed" in csv
+    md = (tmp_path / "tables" / "tiny_test.md").read_text()
+    assert "| ok |" in md and "50.0" in md and "failed" in md
+    csv = (tmp_path / "tables" / "results" / "tiny_test.csv").read_text()
+    assert "broken" in csv and "failed" in csv
 
-        second = run_table("tiny_test", "quick", **kw)
-        status = {p["row"]: p["status"] for p in second["points"]}
-        assert status == {"ok": "reused", "broken": "failed"}          # finished point reused, failed one tried again
-        assert (second["failed"], second["written"]) == (1, True)      # 'broken' was failed before: nothing lost
-        assert res.stat().st_mtime_ns == stamp
-        assert second["points"][0]["value"] == ok["value"]
+    second = run_table(spec, "quick", **kw)
+    status = {p["row"]: p["status"] for p in second["points"]}
+    assert status == {"ok": "reused", "broken": "failed"}          # finished point reused, failed one tried again
+    assert (second["failed"], second["written"]) == (1, True)      # 'broken' was failed before: nothing lost
+    assert res.stat().st_mtime_ns == stamp
+    assert second["points"][0]["value"] == ok["value"]
 
-        index = write_index(tmp_path / "tables").read_text()
-        assert "tiny_test.md" in index
-    finally:
-        TABLES.pop("tiny_test", None)
+    index = write_index(tmp_path / "tables").read_text()
+    assert "tiny_test.md" in index
 
 
 def test_failed_rerun_keeps_the_written_table(tmp_path):
     """Issue 14.2: `wsss-nb tables T --data-root /nonexistent` once wrote 'failed' over T's good numbers."""
     bench = make_benchmark(tmp_path / "bench", n_train=16, n_val=8, size=64, progress=False)
-    register_table(TableSpec(
+    spec = TableSpec(
         id="tiny_keep", paper="ssss", paper_table="Table 0", caption="kept on failure",
         base=dict(method="cam", epochs=1, max_train_images=16, max_val_images=8, batch_size=8, device="cpu"),
-        rows=[Row("cam", {}, paper=50.0)]))
-    try:
-        kw = dict(runs_root=tmp_path / "runs", out_dir=tmp_path / "tables", progress=False)
-        good = run_table("tiny_keep", "quick", data_root=bench, **kw)
-        assert (good["failed"], good["written"], good["kept"]) == (0, True, [])
-        value = good["points"][0]["value"]
-        assert 0.0 <= value <= 1.0
-        res = Path(good["points"][0]["path"]) / "results.json"
+        rows=[Row("cam", {}, paper=50.0)])
+    kw = dict(runs_root=tmp_path / "runs", out_dir=tmp_path / "tables", progress=False)
+    good = run_table(spec, "quick", data_root=bench, **kw)
+    assert (good["failed"], good["written"], good["kept"]) == (0, True, [])
+    value = good["points"][0]["value"]
+    assert 0.0 <= value <= 1.0
+    res = Path(good["points"][0]["path"]) / "results.json"
 
-        # item 11: a truncated results.json (a disk full, a copy cut short) counts as missing: warned about, recomputed
-        res.write_text(res.read_text()[:20])
-        with pytest.warns(UserWarning, match=r"results\.json.*recomputing"):
-            again = run_table("tiny_keep", "quick", data_root=bench, **kw)
-        assert again["points"][0]["status"] == "done", again["points"]
-        assert json.loads(res.read_text())["val"]["mIoU"] == pytest.approx(value)   # the finished run, re-evaluated
-        assert again["written"]
+    # item 11: a truncated results.json (a disk full, a copy cut short) counts as missing: warned about, recomputed
+    res.write_text(res.read_text()[:20])
+    with pytest.warns(UserWarning, match=r"results\.json.*recomputing"):
+        again = run_table(spec, "quick", data_root=bench, **kw)
+    assert again["points"][0]["status"] == "done", again["points"]
+    assert json.loads(res.read_text())["val"]["mIoU"] == pytest.approx(value)   # the finished run, re-evaluated
+    assert again["written"]
 
-        # item 2: a re-run whose point fails (no such data folder) leaves the written table and the index as they were
-        index = write_index(tmp_path / "tables")
-        files = [tmp_path / "tables" / "tiny_keep.md", tmp_path / "tables" / "results" / "tiny_keep.csv",
-                 tmp_path / "tables" / "results" / "tiny_keep.json", index]
-        before = [f.read_bytes() for f in files]
+    # item 2: a re-run whose point fails (no such data folder) leaves the written table and the index as they were
+    index = write_index(tmp_path / "tables")
+    files = [tmp_path / "tables" / "tiny_keep.md", tmp_path / "tables" / "results" / "tiny_keep.csv",
+             tmp_path / "tables" / "results" / "tiny_keep.json", index]
+    before = [f.read_bytes() for f in files]
 
-        with pytest.warns(UserWarning, match="tiny_keep.csv"):
-            bad = run_table("tiny_keep", "quick", data_root=tmp_path / "nonexistent", **kw)
-        assert bad["points"][0]["status"] == "failed" and "nonexistent" in bad["points"][0]["error"]
-        assert (bad["failed"], bad["written"]) == (1, False)
-        assert bad["kept"] == [dict(row="cam", seed=0, value=value)]
-        write_index(tmp_path / "tables")
-        assert [f.read_bytes() for f in files] == before              # md, csv, json and the index: byte-identical
-    finally:
-        TABLES.pop("tiny_keep", None)
+    with pytest.warns(UserWarning, match="tiny_keep.csv"):
+        bad = run_table(spec, "quick", data_root=tmp_path / "nonexistent", **kw)
+    assert bad["points"][0]["status"] == "failed" and "nonexistent" in bad["points"][0]["error"]
+    assert (bad["failed"], bad["written"]) == (1, False)
+    assert bad["kept"] == [dict(row="cam", seed=0, value=value)]
+    write_index(tmp_path / "tables")
+    assert [f.read_bytes() for f in files] == before              # md, csv, json and the index: byte-identical
 
 
 def test_fresh_unreadable_results_name_the_file(tmp_path):
@@ -104,8 +100,9 @@ def test_fresh_unreadable_results_name_the_file(tmp_path):
 
 
 def test_experiment_notebooks_have_a_parameters_cell():
-    """papermill injects values after the cell tagged `parameters`; nbdev_clean must keep that tag (settings.ini)."""
-    from wsss_nb.tables import EXPERIMENTS_DIR
+    """papermill injects values after the cell tagged `parameters`; nbdev_clean must keep that tag (settings.ini:
+    allowed_cell_metadata_keys). The experiment notebooks are package data in wsss_nb/experiments/."""
+    from wsss_nb.table_runs import EXPERIMENTS_DIR
     nbs = sorted(EXPERIMENTS_DIR.glob("*.ipynb"))
     assert {p.stem for p in nbs} >= {"train_eval", "pseudo_labels", "bana"}
     for p in nbs:
@@ -114,3 +111,15 @@ def test_experiment_notebooks_have_a_parameters_cell():
     for p in sorted((Path(__file__).parents[1] / "papers_tables").glob("*.ipynb")):
         cells = json.loads(p.read_text())["cells"]
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), p
+
+
+def test_paper_tables_points_unchanged():
+    """Every grid point of the papers' tables (both profiles: row, seed, config, parameters, metric) as before the specs
+    moved into per-paper notebooks, written with `grid` and `mc`: finished points are reused by their config hash, so a
+    changed point is a re-run. Update the digest only for a deliberate change of a table."""
+    from wsss_nb.paper_tables import TABLES, table_points
+    pts = [[t, prof, p["row"], p["seed"], p["config"], p["params"], p["metric"]] for t, s in TABLES.items()
+           for prof in ("quick", "full") for p in table_points(s, prof, runs_root="/r", data_root="/d")]
+    assert len(pts) == 449
+    digest = hashlib.sha256(json.dumps(pts, sort_keys=True).encode()).hexdigest()
+    assert digest == "88ce52aee3aa1f745f03964c82fb808431959545dc03352068a1caf23ebca047"

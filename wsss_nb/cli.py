@@ -72,7 +72,8 @@ def cmd_bench(args) -> int:
 
 def cmd_tables(args) -> int:
     "Run the papers' tables (missing points only) and write papers_tables/; exit 1 when a point failed."
-    from wsss_nb.tables import TABLES, get_table, run_table, write_index, table_points
+    from wsss_nb.paper_tables import TABLES, get_table, run_table, table_points
+    from wsss_nb.table_runs import write_index
     ids = args.ids or list(TABLES)
     for t in ids: get_table(t)                          # unknown ids fail before anything runs
     if args.list:
