@@ -260,7 +260,8 @@ def build(n_workers: int = 2, out: Path | None = None, cache: Path | None = None
         refresh_quarto_yml()
         write_sidebar_yml(nbs_path/"sidebar.yml", secs)
     titles = {p.name: ("Home" if p.name == "index.ipynb" else notebook_title(p)) for p in nbs}
-    stamp = max(BUILDER.stat().st_mtime, cfg.config_file.stat().st_mtime)
+    # a processed notebook is redone when its notebook, this builder, settings.ini or the symbol index (API links) changed
+    stamp = max(f.stat().st_mtime for f in (BUILDER, cfg.config_file, cfg.lib_path/"_modidx.py") if f.exists())
     prefixes = sorted({cfg.doc_host.rstrip("/") + cfg.doc_baseurl.rstrip("/") + "/", "/"} - {"/"})
     out.mkdir(parents=True, exist_ok=True)
     copy_mathjax(out/"mathjax")
