@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data/synthetic
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env test sync-check nbtest pytest reproduce data export readme clean-nbs test-ui
+.PHONY: env test sync-check nbtest pytest reproduce data export readme docs clean-nbs test-ui
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,16 +52,25 @@ reproduce: data
 export: env
 	$(BIN)/nbdev_export
 
+# nbdev_readme and nbdev_docs need quarto, which no package index this project installs from ships (PyPI's
+# quarto-cli is a source package that downloads quarto while it builds): nbconvert writes README.md, and
+# tools/build_docs.py builds the site with nbdev's own notebook processors (show_doc, links) and nbconvert.
 readme: env
 	$(BIN)/jupyter nbconvert --to markdown --log-level WARN nbs/index.ipynb --output-dir . --output README
+
+# The HTML site in _docs/ (open _docs/index.html): a page per notebook, the API of each module, offline. Notebooks are
+# not run (only exported cells, imports and show_doc); processed notebooks are cached in _proc/.
+docs: env
+	$(BIN)/python tools/build_docs.py
 
 clean-nbs: env
 	$(BIN)/nbdev_clean
 	$(BIN)/nbdev_clean --fname wsss_nb/experiments
 
-# The explorers in a real browser (tests/test_ui.py, slow): JupyterLab on a loopback port, nbs/60_explore.ipynb run
-# in headless Chromium. Installs Debian's chromium + chromium-driver (apt-get, as root or through sudo) and selenium.
-test-ui: env
+# The explorers and the docs site in a real browser (tests/test_ui.py, slow): JupyterLab on a loopback port with
+# nbs/60_explore.ipynb run, and _docs/ served on a loopback port, in headless Chromium; screenshots in
+# tests/screenshots/. Installs Debian's chromium + chromium-driver (apt-get, as root or through sudo) and selenium.
+test-ui: env docs
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }

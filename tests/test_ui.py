@@ -1,7 +1,8 @@
-"""The explorers seen in a real browser: JupyterLab on a loopback port, nbs/60_explore.ipynb run in headless Chromium.
+"""Real-browser checks in headless Chromium: the explorers (JupyterLab on a loopback port, nbs/60_explore.ipynb run)
+and the docs site (`make docs`'s _docs/ served on a loopback port).
 
-Slow and skipped unless WSSS_UI=1 (`make test-ui` sets it and installs chromium, chromium-driver and selenium).
-Screenshots go to tests/screenshots/ (git-ignored).
+Slow and skipped unless WSSS_UI=1 (`make test-ui` sets it, builds the docs and installs chromium, chromium-driver
+and selenium). Screenshots go to tests/screenshots/ (git-ignored).
 """
 import os, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request, warnings, json
 from pathlib import Path
@@ -147,3 +148,81 @@ def test_explorers_in_jupyterlab(lab, browser):
         assert after != before and "rendered" in status, status
         time.sleep(0.5)                                                     # the new picture painted
         box.screenshot(str(SHOTS/f"{10 + k}_{title.split(' ')[0].lower()}_after.png"))
+
+
+DOCS = ROOT/"_docs"
+
+@pytest.fixture
+def docs_server(tmp_path):
+    "`python -m http.server` serving the built _docs/ on a free loopback port."
+    if not (DOCS/"index.html").exists(): pytest.fail("_docs/index.html not built: run `make docs` first")
+    port = _free_port()
+    log = open(tmp_path/"http.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(DOCS)], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    def up():
+        try: return urllib.request.urlopen(f"{base}/index.html", timeout=2).status == 200
+        except OSError:
+            return proc.poll() is not None and pytest.fail(f"http.server exited: {(tmp_path/'http.log').read_text()}")
+    try:
+        _wait(up, 30, "http.server start")
+        yield base
+    finally:
+        proc.terminate(); proc.wait(10); log.close()
+
+JS_PAGE = """
+const math = document.querySelectorAll('.MathJax, .MathJax_Display').length;
+return {title: document.title, h1: (document.querySelector('h1.title') || {}).textContent || '',
+        text: document.body.innerText, math: math,
+        math_errors: document.querySelectorAll('.MathJax_Error, merror').length,
+        typeset: !!(window.MathJax && MathJax.isReady && MathJax.Hub.queue && MathJax.Hub.queue.pending === 0
+                    && !MathJax.Hub.queue.running),
+        broken_images: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).length,
+        images: document.images.length,
+        resources: performance.getEntriesByType('resource').map(e => e.name),
+        sidebar: [...document.querySelectorAll('nav.site-sidebar h4')].map(h => h.textContent)};
+"""
+
+@slow
+@pytest.mark.skipif(os.environ.get("WSSS_UI") != "1", reason="browser test: run `make test-ui` (sets WSSS_UI=1)")
+def test_docs_site_in_chromium(docs_server, browser):
+    "The index and an API page render: title, sidebar by layer, `show_doc` entries, equations, figures; all local."
+    from selenium.webdriver.common.by import By
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    d, base = browser, docs_server
+    def load(page):
+        d.get(f"{base}/{page}")
+        typeset = lambda: (lambda s: s if s["typeset"] else None)(d.execute_script(JS_PAGE))
+        return _wait(typeset, 60, f"{page}: MathJax typeset")
+
+    index = load("index.html")
+    assert index["title"] == "wsss_nb" and index["h1"] == "wsss_nb", (index["title"], index["h1"])
+    assert "make reproduce" in index["text"] and "make docs" in index["text"]
+    layers = {"Foundations", "SSSS", "Shape cues", "HFPL", "BANA", "Run", "Explore", "Tables", "CLI"}
+    assert layers <= set(index["sidebar"]), index["sidebar"]
+    d.save_screenshot(str(SHOTS/"docs_index.png"))
+
+    d.find_element(By.CSS_SELECTOR, 'nav.site-sidebar a[href="pamr.html"]').click()     # the sidebar leads to the page
+    _wait(lambda: d.current_url.endswith("/pamr.html"), 30, "sidebar link to pamr.html")
+    api = load("pamr.html")
+    d.save_screenshot(str(SHOTS/"docs_api.png"))                                           # the equations (Eq. 7)
+    assert api["h1"] == "pamr" and "PAMR" in api["text"], api["h1"]
+    entries = [h.text.strip() for h in d.find_elements(By.CSS_SELECTOR, "h3")]           # show_doc's entries
+    assert {"PAMR", "pamr", "pamr_affinity", "local_std"} <= set(entries), entries
+    heading = next(h for h in d.find_elements(By.CSS_SELECTOR, "h3") if h.text.strip() == "PAMR")
+    assert "def PAMR(" in api["text"] or "class PAMR" in api["text"], "no signature of PAMR"
+    assert api["math"] > 10 and api["math_errors"] == 0, (api["math"], api["math_errors"])
+    assert api["images"] >= 1 and api["broken_images"] == 0, (api["images"], api["broken_images"])
+    d.execute_script("arguments[0].scrollIntoView({block: 'start', behavior: 'instant'})", heading)
+    d.save_screenshot(str(SHOTS/"docs_api_pamr.png"))                                      # show_doc's PAMR
+
+    link = d.find_element(By.CSS_SELECTOR, 'a[href="core.html#configerror"]')              # an API link between pages
+    d.execute_script("arguments[0].click()", link)
+    _wait(lambda: d.current_url.endswith("/core.html#configerror"), 30, "API link to core.html#configerror")
+    assert d.find_element(By.ID, "configerror").text.strip().startswith("ConfigError")
+    for page in (index, api):
+        outside = [r for r in page["resources"] if not r.startswith(base)]
+        assert not outside, f"fetched from outside the site: {outside[:5]}"
+    print(f"docs: index and pamr.html render ({api['math']} equations typeset, {api['images']} figures); "
+          f"screenshots in {SHOTS}")
