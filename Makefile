@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data/synthetic
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: env test sync-check nbtest pytest reproduce data export readme docs clean-nbs test-ui
+.PHONY: env test lint sync-check nbtest pytest reproduce data export readme docs clean-nbs test-ui
 
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,11 @@ nbtest: env
 pytest: env
 	$(BIN)/python -m pytest -q tests
 
-test: sync-check nbtest pytest
+# ruff (settings in pyproject.toml) on the library, the notebooks (ruff reads .ipynb itself), tests and tools.
+lint: env
+	$(BIN)/ruff check --no-cache wsss_nb nbs tests tools papers_tables
+
+test: sync-check lint nbtest pytest
 
 data: env
 	$(BIN)/wsss-nb make-data --root $(DATA)

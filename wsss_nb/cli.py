@@ -56,8 +56,15 @@ def cmd_eval(args, export=None) -> int:
     "Evaluate a run on a split with the chosen inference; print the metrics (and export when asked)."
     from wsss_nb.infer import evaluate, InferConfig
     icfg = InferConfig(tuple(args.scales), args.flip, args.min_confidence, args.gt_labels, args.crf, args.bg_power)
-    m = evaluate(args.run, args.split, icfg, export=export, export_probs=getattr(args, "probs", False), max_images=args.max_images,
-                 overwrite=getattr(args, "force", False))
+    m = evaluate(
+        args.run,
+        args.split,
+        icfg,
+        export=export,
+        export_probs=getattr(args, "probs", False),
+        max_images=args.max_images,
+        overwrite=getattr(args, "force", False),
+    )
     print(f"{args.split}: mIoU {m['mIoU']:.4f}  bIoU {m['bIoU']:.4f}  F {m['F']:.4f}  J&F {m['J&F']:.4f}")
     print("per class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in m["IoU"].items()))
     if export: print(f"exported to {export}")
@@ -78,7 +85,8 @@ def cmd_tables(args) -> int:
     for t in ids: get_table(t)                          # unknown ids fail before anything runs
     if args.list:
         for t in ids:
-            s = TABLES[t]; n = len(table_points(s, args.profile))
+            s = TABLES[t]
+            n = len(table_points(s, args.profile))
             print(f"{t:14s} {s.paper:6s} {s.paper_table:22s} {n:3d} points  {s.caption}")
         return 0
     n_failed = 0
@@ -86,12 +94,18 @@ def cmd_tables(args) -> int:
         print(f"[{i + 1}/{len(ids)}] {t}", flush=True)
         with warnings.catch_warnings():              # run_table's "not rewritten" warning: said once, below
             warnings.simplefilter("ignore")
-            r = run_table(t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out, data_root=args.data_root)
+            r = run_table(
+                t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out, data_root=args.data_root
+            )
         n_failed += r["failed"]
         print(f"  -> {Path(args.out)/(t + '.md')}" + (f" ({r['failed']} failed points)" if r["failed"] else "")
               + ("" if r["written"] else f"; not rewritten: {r['reason']}"), flush=True)
     print(f"index: {write_index(args.out)}")
-    if n_failed: print(f"wsss-nb tables: {n_failed} points failed (their errors are in the tables' 'Failed points')", file=sys.stderr)
+    if n_failed:
+        print(
+            f"wsss-nb tables: {n_failed} points failed (their errors are in the tables' 'Failed points')",
+            file=sys.stderr,
+        )
     return 1 if n_failed else 0
 
 def cmd_lab(args) -> int:
@@ -113,22 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("make-data", help="build the built-in benchmark in the VOC layout",
                        description="Build the built-in benchmark (VOC layout) and print its statistics.")
     d.add_argument("--root", default="data/synthetic", help="output folder (default: data/synthetic)")
-    d.add_argument("--n-train", type=int, default=1500); d.add_argument("--n-val", type=int, default=300)
+    d.add_argument("--n-train", type=int, default=1500)
+    d.add_argument("--n-val", type=int, default=300)
     d.add_argument("--size", type=int, default=128, help="image side in pixels")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--overwrite", action="store_true", help="rebuild even when a benchmark exists at --root")
     d.add_argument("--knob", action="append", metavar="KEY=VALUE", help="a difficulty knob (repeatable)")
     d.set_defaults(func=cmd_make_data)
-    t = sub.add_parser("train", help="train (or resume) a run", description="Train a run from a config file and/or "
-                       "key=value settings (RunConfig fields; method options as method_cfg.<name>). A run that exists resumes.")
+    t = sub.add_parser(
+        "train",
+        help="train (or resume) a run",
+        description="Train a run from a config file and/or "
+        "key=value settings (RunConfig fields; method options as method_cfg.<name>). A run that exists resumes.",
+    )
     t.add_argument("--config", help="a json file of RunConfig fields")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="a RunConfig field (repeatable), e.g. method=cam")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a RunConfig field (repeatable), e.g. method=cam"
+    )
     t.set_defaults(func=cmd_train)
     e = sub.add_parser("eval", help="evaluate a run", description="Evaluate a run folder on a split.")
-    _infer_args(e); e.set_defaults(func=cmd_eval)
+    _infer_args(e)
+    e.set_defaults(func=cmd_eval)
     i = sub.add_parser("infer", help="predict a split and export palette PNGs",
                        description="Predict a split with a run and export palette PNGs (and probability maps).")
-    _infer_args(i); i.add_argument("--export", required=True, help="output folder (empty, outside every dataset)")
+    _infer_args(i)
+    i.add_argument("--export", required=True, help="output folder (empty, outside every dataset)")
     i.add_argument("--force", action="store_true", help="write over a non-empty export folder (never into a dataset)")
     i.add_argument("--probs", action="store_true", help="also export probability maps (.npy, float16)")
     i.set_defaults(func=lambda a: cmd_eval(a, export=a.export))
@@ -140,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run the missing grid points of the papers' tables with papermill and write "
                         "papers_tables/<id>.md, papers_tables/results/<id>.csv and papers_tables/README.md.")
     tb.add_argument("ids", nargs="*", metavar="TABLE_ID", help="tables to run (default: all; see --list)")
-    tb.add_argument("--profile", choices=["quick", "full"], default="quick", help="quick: 1 seed, small runs; full: 3 seeds")
+    tb.add_argument(
+        "--profile", choices=["quick", "full"], default="quick", help="quick: 1 seed, small runs; full: 3 seeds"
+    )
     tb.add_argument("--jobs", type=int, default=1, help="papermill processes at once")
     tb.add_argument("--runs", default="runs", help="where runs live (default: runs)")
     tb.add_argument("--out", default="papers_tables", help="where tables are written (default: papers_tables)")
@@ -161,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except (WSSSError, OSError) as e:
         print(f"wsss-nb {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as e:           # torch reports a failed allocation as a RuntimeError
-        if not isinstance(e, MemoryError) and not any(s in str(e) for s in ("can't allocate memory", "out of memory")): raise
+    except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
+        if not isinstance(e, MemoryError) and not any(s in str(e) for s in ("can't allocate memory", "out of memory")):
+            raise
         print(f"wsss-nb {args.command}: error: out of memory ({str(e).strip().splitlines()[-1][-160:]}); "
               f"reduce batch_size, crop or the image size", file=sys.stderr)
         return 2
