@@ -23,7 +23,7 @@ __all__ = ['BanaConfig', 'bana_config', 'stage1_config', 'generation_config', 'p
 # %% ../nbs/52_bana.ipynb #9f01b35c
 @dataclass
 class BanaConfig:
-    "BANA's three stages (boxes → pseudo labels → segmentation) in one config; the paper's hyperparameters are fields."
+    "BANA's three stages (boxes → pseudo labels → segmentation) in one config; the paper's hyperparameters as fields."
     data_root: str = "data/synthetic"
     out_dir: str = "runs/bana"
     train_split: str = "train"
@@ -106,8 +106,8 @@ def stage3_config(cfg: BanaConfig):
         data_root=cfg.data_root, train_split=cfg.train_split, val_split=cfg.val_split,
         max_train_images=cfg.max_train_images, max_val_images=cfg.max_val_images, crop=cfg.seg_crop,
         batch_size=cfg.seg_batch_size, epochs=cfg.seg_epochs, optimizer=cfg.seg_optimizer, lr=cfg.seg_lr,
-        lr_backbone=cfg.seg_lr_backbone, schedule="poly", seed=cfg.seed if cfg.seg_seed is None else cfg.seg_seed, device=cfg.device,
-        out_dir=str(Path(cfg.out_dir)/"stage3"), progress=cfg.progress))
+        lr_backbone=cfg.seg_lr_backbone, schedule="poly", seed=cfg.seed if cfg.seg_seed is None else cfg.seg_seed,
+        device=cfg.device, out_dir=str(Path(cfg.out_dir)/"stage3"), progress=cfg.progress))
 
 # %% ../nbs/52_bana.ipynb #7508c50a
 def bana_pseudo_labels(cfg=None, **overrides) -> Path:
@@ -137,8 +137,8 @@ def run_bana(cfg=None, **overrides) -> dict:
         res["mIoU_crf"] = evaluate(model, cfg.val_split, InferConfig(crf=True), data_root=cfg.data_root,
                                    max_images=cfg.max_val_images, progress=cfg.progress)["mIoU"]
     q = man.get("quality") or {}
-    summary = dict(config=to_dict(cfg), stage1=str(run_dir(stage1_config(cfg))), pseudo_dir=str(pdir), stage3=str(rd), **res,
-                   history=r3["history"],
-                   pseudo_quality={k: {m: q[k][m] for m in ("mIoU", "coverage")} for k in ("Ycrf", "Yret", "Ycrf & Yret") if k in q})
+    quality = {k: {m: q[k][m] for m in ("mIoU", "coverage")} for k in ("Ycrf", "Yret", "Ycrf & Yret") if k in q}
+    summary = dict(config=to_dict(cfg), stage1=str(run_dir(stage1_config(cfg))), pseudo_dir=str(pdir), stage3=str(rd),
+                   **res, history=r3["history"], pseudo_quality=quality)
     atomic_write_json(rd/"bana.json", summary)
     return json.loads((rd/"bana.json").read_text())

@@ -78,7 +78,8 @@ from .hfpl import feature_similarity_loss, fsl_gate
 def _fsl_inputs(batch, classes, size, present, device, seed=0):
     "Smooth random images B×3×s×s and the gating input (random in [0, 1], or `fsl_gate` of raw scores with `present` classes)."
     g = torch.Generator().manual_seed(seed)
-    image = resize(torch.rand(batch, 3, max(2, size // 8), max(2, size // 8), generator=g), (size, size), align_corners=True)
+    coarse = torch.rand(batch, 3, max(2, size // 8), max(2, size // 8), generator=g)
+    image = resize(coarse, (size, size), align_corners=True)
     if present is None: cam = torch.rand(batch, classes, size, size, generator=g)
     else:
         scores = torch.randn(batch, classes - 1, size, size, generator=g)

@@ -86,7 +86,8 @@ class SPR(nn.Module):
 # %% ../nbs/21_spr.ipynb #bc5fa1ef
 def pseudo_mask(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 0.2) -> torch.Tensor:
     "Binary pseudo mask B×(C+1)×H×W: score > θ = max(cutoff × the image's maximum over pixels and classes, cutoff_low), one class only."
-    check_shape(refined, "refined", "B×(C+1)×H×W"); check_num(cutoff, "cutoff", 0, 1); check_num(cutoff_low, "cutoff_low", 0, 1)
+    check_shape(refined, "refined", "B×(C+1)×H×W")
+    check_num(cutoff, "cutoff", 0, 1); check_num(cutoff_low, "cutoff_low", 0, 1)
     thr = (refined.amax((1, 2, 3), keepdim=True) * cutoff).clamp_min(cutoff_low)
     on = refined > thr
     return (on & (on.sum(1, keepdim=True) == 1)).to(refined.dtype)
@@ -94,7 +95,8 @@ def pseudo_mask(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 
 # %% ../nbs/21_spr.ipynb #0fb764c4
 def pixel_loss(logits: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
     "Class-normalised CE (Eq. 7) of logits B×K×H×W against pseudo labels B×H×W (255 ignored): per image the mean over its classes of each class's mean CE."
-    check_shape(logits, "logits", "B×K×H×W"); check_label_map(pseudo, "pseudo", (logits.shape[0], *logits.shape[2:]), dtype=torch.long)
+    check_shape(logits, "logits", "B×K×H×W")
+    check_label_map(pseudo, "pseudo", (logits.shape[0], *logits.shape[2:]), dtype=torch.long)
     K = logits.shape[1]
     ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE_INDEX, reduction="none")       # 0 where ignored
     valid = pseudo != IGNORE_INDEX
@@ -108,7 +110,8 @@ def pixel_loss(logits: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
 def region_loss(probs: torch.Tensor, pseudo: torch.Tensor, radius: int = 3, margin: float = 3.0,
                 reduction: str = "mean", eps: float = 1e-8) -> torch.Tensor:
     "Region-wise loss (Eq. 8) of probabilities B×K×H×W against pseudo labels B×H×W; `reduction='none'`: the per-centre loss B×H×W."
-    check_shape(probs, "probs", "B×K×H×W"); check_label_map(pseudo, "pseudo", (probs.shape[0], *probs.shape[2:]), dtype=torch.long)
+    check_shape(probs, "probs", "B×K×H×W")
+    check_label_map(pseudo, "pseudo", (probs.shape[0], *probs.shape[2:]), dtype=torch.long)
     check_int(radius, "radius"); check_num(margin, "margin", 0)
     if reduction not in ("mean", "none"): raise ConfigError(f"reduction={reduction!r}: expected 'mean' or 'none'")
     B, K, H, W = probs.shape
@@ -163,7 +166,8 @@ class ShapeCues(NGWPSegmenter):
 
         def __post_init__(self):
             super().__post_init__()
-            for k in ("scm_channels", "scm_radius", "scm_samples", "scm_patch", "region_radius"): check_int(getattr(self, k), k)
+            for k in ("scm_channels", "scm_radius", "scm_samples", "scm_patch", "region_radius"):
+                check_int(getattr(self, k), k)
             for k in ("spr_iter", "region_ramp_epochs"): check_int(getattr(self, k), k, 0)
             for k in ("scm_bandwidth", "scm_tau"): check_num(getattr(self, k), k, 0, lo_open=True)
             if self.scm_patch % 2 == 0: raise ConfigError(f"scm_patch={self.scm_patch}: expected an odd window size")
@@ -180,8 +184,8 @@ class ShapeCues(NGWPSegmenter):
         self.skip = conv_bn_relu(channels["shallow"], c.skip_proj, 1)
         self.fuse = conv_bn_relu(c.aspp_channels + c.skip_proj, c.decoder_channels, 3)
         if c.scm:
-            self.scm = SCM(channels["shallow"], c.scm_channels, c.scm_radius, c.scm_samples, c.scm_bandwidth, c.scm_patch,
-                           c.scm_tau, c.scm_drop_rate)
+            self.scm = SCM(channels["shallow"], c.scm_channels, c.scm_radius, c.scm_samples, c.scm_bandwidth,
+                           c.scm_patch, c.scm_tau, c.scm_drop_rate)
         self.merge = conv_bn_relu(c.decoder_channels + (c.scm_channels if c.scm else 0), c.decoder_channels, 3)
 
     def information(self, image: torch.Tensor) -> torch.Tensor:
@@ -223,7 +227,8 @@ class ShapeCues(NGWPSegmenter):
         if epoch >= c.pretrain_epochs and (c.pixel_loss or c.region_loss):
             pseudo = pseudo_gt_labels(self.pseudo_supervision(batch["image_raw"], out, labels)["pseudo_gt"])
             if c.pixel_loss:
-                t["pixel"] = pixel_loss(resize(with_background(out["cams"]), pseudo.shape[-2:], align_corners=True), pseudo)
+                seg = resize(with_background(out["cams"]), pseudo.shape[-2:], align_corners=True)
+                t["pixel"] = pixel_loss(seg, pseudo)
             lam = region_weight(epoch, c.pretrain_epochs, c.region_ramp_epochs)
             if c.region_loss and lam > 0:
                 centres = resize(pseudo, out["masks"].shape[-2:], "nearest-exact")     # labels at the cell centres

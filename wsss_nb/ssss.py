@@ -162,18 +162,20 @@ class NGWPSegmenter(Method):
             check_int(self.pretrain_epochs, "pretrain_epochs", 0)
             check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
             if len(self.decoder_dropout) != 2:
-                raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities (after each 3×3 conv)")
+                raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities "
+                                  "(after each 3×3 conv)")
             for v in self.decoder_dropout: check_num(v, "decoder_dropout", 0, 1, hi_open=True)
             check_num(self.focal_p, "focal_p", 0); check_num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
             check_num(self.ngwp_eps, "ngwp_eps", 0); _in01(self.cutoff_low, "cutoff_low")
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
-        c, ch = self.cfg, self.backbone.channels
-        self.aspp = ASPP(ch["deep"], c.aspp_channels, rates=aspp_rates(self.backbone.strides["deep"]), dropout=c.aspp_dropout)
+        c, ch, k = self.cfg, self.backbone.channels, self.cfg.decoder_channels
+        rates = aspp_rates(self.backbone.strides["deep"])
+        self.aspp = ASPP(ch["deep"], c.aspp_channels, rates=rates, dropout=c.aspp_dropout)
         self.build_decoder(ch)
-        self.head = nn.Sequential(nn.Dropout(c.decoder_dropout[0]), conv_bn_relu(c.decoder_channels, c.decoder_channels, 3),
-                                  nn.Dropout(c.decoder_dropout[1]), nn.Conv2d(c.decoder_channels, num_classes - 1, 1))
+        self.head = nn.Sequential(nn.Dropout(c.decoder_dropout[0]), conv_bn_relu(k, k, 3),
+                                  nn.Dropout(c.decoder_dropout[1]), nn.Conv2d(k, num_classes - 1, 1))
 
     @abc.abstractmethod
     def build_decoder(self, channels: dict):
@@ -226,7 +228,7 @@ class NGWPSegmenter(Method):
 
 # %% ../nbs/12_ssss.ipynb #eced63c1
 class SSSS(NGWPSegmenter):
-    "Single-stage WSSS (Araslanov & Roth 2020): nGWP + focal penalty, PAMR pseudo GT, balanced CE, Stochastic Gate + GCI."
+    "Single-stage WSSS (Araslanov & Roth 2020): nGWP + focal penalty, PAMR pseudo GT, balanced CE, SG + GCI."
     name = "ssss"
     @dataclass
     class Config(NGWPSegmenter.Config):
@@ -283,7 +285,8 @@ class SSSS(NGWPSegmenter):
         "PAMR at the image's resolution, or on the masks' grid with the image downsampled (`pamr_resolution`)."
         size = image_raw.shape[-2:]
         if self.pamr is None: return resize(masks, size, align_corners=True)
-        if self.cfg.pamr_resolution == "image": return self.pamr(image_raw, masks, labels)   # labels: skip absent channels
+        if self.cfg.pamr_resolution == "image":
+            return self.pamr(image_raw, masks, labels)                                # labels: skip absent channels
         small = resize(image_raw, masks.shape[-2:], align_corners=True)
         return resize(self.pamr(small, masks, labels), size, align_corners=True)
 

@@ -201,7 +201,8 @@ def _smooth_noise(rng, size, octaves=4, coarse=4):
     t = np.zeros((size, size), np.float32)
     for k in range(octaves):
         n = min(coarse * 2**k, size)
-        t += 0.55**k * resize(ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 0.7, mode="wrap"), size)
+        noise = ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 0.7, mode="wrap")
+        t += 0.55**k * resize(noise, size)
     return (t - t.min()) / (t.max() - t.min() + 1e-6)
 
 def _muted_pair(rng, contrast):

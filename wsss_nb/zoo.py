@@ -33,7 +33,8 @@ def method_config(name: str, cfg: dict | None = None):
         raise ConfigError(f"method={name!r}: unknown method; registered: {sorted(METHODS)}")
     return METHODS[name].config(cfg)
 
-def build_method(name: str, num_classes: int, cfg: dict | None = None, backbone: BackboneConfig | None = None) -> Method:
+def build_method(name: str, num_classes: int, cfg: dict | None = None,
+                 backbone: BackboneConfig | None = None) -> Method:
     "Method `name` for `num_classes` classes (background included) with its config dict and backbone."
     cfg = method_config(name, cfg)
     return METHODS[name](num_classes, cfg, backbone)
