@@ -51,3 +51,135 @@ def test_every_notebook_exports_a_module_that_exists():
         m = re.search(r"#\| default_exp (\w+)", nb.read_text())
         assert m, f"{nb.name} has no default_exp"
         assert (ROOT / "wsss_nb" / f"{m.group(1)}.py").exists(), nb.name
+
+
+# ---- layers: the import graph of wsss_nb (issue 15) ----
+import ast, dataclasses, subprocess, sys
+
+PKG = ROOT / "wsss_nb"
+LAZY_IMPORTS_OK = {"cli",      # the top layer: imports lazily for start-up speed (still downward)
+                   "tables"}   # its deferred BANA import moves to the top in the tables step of issue 15; then drop it
+
+
+def _notebook_of(path: Path) -> tuple[int, str]:
+    "(number, letter) of the notebook a module is exported from: 00a_plot → (0, 'a'), 52_bana → (52, '')."
+    m = re.search(r"File to edit: \.\./nbs/(\d+)([a-z]?)_\w+\.ipynb", path.read_text(encoding="utf-8"))
+    assert m, f"{path.name}: no 'File to edit' header"
+    return int(m.group(1)), m.group(2)
+
+
+def _imports(path: Path):
+    "(imported wsss_nb module, imported names, inside a function?) for every import statement of a module."
+    tree, mods = ast.parse(path.read_text(encoding="utf-8")), {p.stem for p in PKG.glob("*.py")}
+    def visit(node, in_func):
+        for child in ast.iter_child_nodes(node):
+            deferred = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level == 1: base = f"wsss_nb.{base}" if base else "wsss_nb"
+                names = [a.name for a in child.names]
+                if base == "wsss_nb":                             # `from wsss_nb import data`: modules by name
+                    for n in names:
+                        if n in mods: yield n, [], in_func
+                elif base.startswith("wsss_nb."): yield base.split(".")[1], names, in_func
+            elif isinstance(child, ast.Import):
+                for a in child.names:
+                    if a.name.startswith("wsss_nb."): yield a.name.split(".")[1], [], in_func
+            yield from visit(child, deferred)
+    yield from visit(tree, False)
+
+
+def _modules():
+    return {p.stem: p for p in sorted(PKG.glob("*.py")) if not p.stem.startswith("_")}
+
+
+def test_imports_go_down_the_notebook_layers():
+    "Every import of a wsss_nb module (module- or function-level) goes to a lower-numbered notebook: no cycle."
+    mods = _modules(); layer = {m: _notebook_of(p) for m, p in mods.items()}
+    graph = {m: {t for t, _, _ in _imports(p)} for m, p in mods.items()}
+    for m, targets in graph.items():
+        for t in targets:
+            assert t in layer, f"{m} imports wsss_nb.{t}, which does not exist"
+            assert layer[t] < layer[m], f"{m} ({layer[m]}) imports {t} ({layer[t]}): imports must go to lower notebooks"
+    state = {}                                                     # and, spelled out, no cycle
+    def dfs(m, path):
+        state[m] = "open"
+        for t in graph[m]:
+            assert state.get(t) != "open", f"import cycle: {' → '.join(path + [t])}"
+            if t not in state: dfs(t, path + [t])
+        state[m] = "done"
+    for m in graph:
+        if m not in state: dfs(m, [m])
+
+
+def test_no_deferred_imports_below_the_cli():
+    for m, p in _modules().items():
+        if m in LAZY_IMPORTS_OK: continue
+        lazy = [t for t, _, in_func in _imports(p) if in_func]
+        assert not lazy, f"{m} imports {lazy} inside a function: import at the top (a lower notebook) instead"
+
+
+def test_no_module_imports_another_modules_private_name():
+    for m, p in _modules().items():
+        for t, names, _ in _imports(p):
+            private = [n for n in names if n.startswith("_")]
+            assert not private, f"{m} imports private {private} from wsss_nb.{t}"
+
+
+def test_build_method_from_a_bare_import():
+    "The method table is explicit: one import of wsss_nb.zoo is enough (no registration by import side effects)."
+    code = "from wsss_nb.zoo import build_method; print(type(build_method('ssss', 4)).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SSSS"
+
+
+# the default method configs as they were before the nGWP base (issue 15): run configs and their hashes rest on them
+DEFAULT_METHOD_CONFIGS = {
+    "bana_cls": {'grid_size': 4, 'pooling': 'bap', 'roi_samples': 1, 'min_background': 0.0, 'init_std': 0.01},
+    "bana_seg": {'pseudo_dir': None, 'loss': 'nal', 'gamma': 7.0, 'lam': 0.1, 'tau': 20.0, 'classifier': 'cosine',
+                 'head': 'none', 'head_channels': 128, 'dropout': 0.1, 'bootstrap_power': 0.9, 'detach_sigma': True,
+                 'confidence_names': None},
+    "cam": {'bg_score': 0.2, 'label_threshold': 0.5},
+    "full": {'aspp_channels': 128, 'decoder_channels': 128, 'dropout': 0.1},
+    "shape": {'aspp_channels': 128, 'decoder_channels': 128, 'skip_proj': 48, 'aspp_dropout': 0.5,
+              'decoder_dropout': (0.5, 0.1), 'scm': True, 'scm_channels': 64, 'scm_source': 'image', 'scm_radius': 7,
+              'scm_samples': 9, 'scm_bandwidth': 1.0, 'scm_patch': 3, 'scm_tau': 0.5, 'scm_drop_rate': 1.5,
+              'ngwp_eps': 1.0, 'focal_penalty': False, 'focal_p': 3.0, 'focal_lambda': 0.01, 'spr_alpha': 0.8,
+              'spr_iter': 10, 'spr_dilations': (1, 2, 4, 8, 12, 24), 'spr_scores': 'probs', 'spr_resolution': 'image',
+              'cutoff': 0.6, 'cutoff_low': 0.2, 'pixel_loss': True, 'region_loss': True, 'region_radius': 3,
+              'region_margin': 3.0, 'region_ramp_epochs': 6, 'pretrain_epochs': 3},
+    "ssss": {'aspp_channels': 128, 'decoder_channels': 128, 'skip_proj': 48, 'aspp_dropout': 0.5,
+             'decoder_dropout': (0.5, 0.1), 'scores': 'ngwp', 'focal_penalty': True, 'focal_p': 3.0,
+             'focal_lambda': 0.01, 'ngwp_eps': 1.0, 'pamr': True, 'pamr_iter': 10,
+             'pamr_dilations': (1, 2, 4, 8, 12, 24), 'pamr_resolution': 'image', 'sg': True, 'sg_psi': 0.3,
+             'gci': True, 'deterministic_gate': False, 'cutoff_top': 0.6, 'cutoff_bg': 0.7, 'cutoff_low': 0.2,
+             'seg_weight': 1.0, 'pretrain_epochs': 3},
+}
+
+# run keys of a few configs before issue 15 (a data_root without a generated benchmark: no data fingerprint)
+GOLDEN_ROOT = "/nonexistent/wsss-nb-golden"
+GOLDEN_KEYS = {"bana_cls": "1d39a40e07", "cam": "da622acb9b", "full": "4b7b212996", "shape": "749fc2aac8",
+               "ssss": "06101a3491"}
+
+
+def test_method_configs_unchanged():
+    from wsss_nb.zoo import METHODS
+    assert sorted(METHODS) == sorted(DEFAULT_METHOD_CONFIGS)
+    for name, want in DEFAULT_METHOD_CONFIGS.items():
+        assert dataclasses.asdict(METHODS[name].Config()) == want, name
+
+
+def test_run_keys_unchanged():
+    from wsss_nb.train import run_config
+    from wsss_nb.bana import bana_config, pseudo_dir, stage1_config, stage3_config
+    for m, key in GOLDEN_KEYS.items():
+        assert run_config(method=m, data_root=GOLDEN_ROOT).key == key, m
+    assert run_config(method="ssss", data_root=GOLDEN_ROOT, **{"method_cfg.pamr_iter": 5, "method_cfg.sg": False}).key == "574f0eae8a"
+    assert run_config(method="shape", data_root=GOLDEN_ROOT,
+                      **{"method_cfg.spr_alpha": 1.0, "method_cfg.region_loss": False}).key == "6ce21f6e2d"
+    assert run_config(method="cam", data_root=GOLDEN_ROOT, **{"isl.lam": 0.5}).key == "d5c1658939"
+    assert run_config(method="bana_seg", data_root=GOLDEN_ROOT, **{"method_cfg.pseudo_dir": "/tmp/x"}).key == "d7e4bcb252"
+    b = bana_config(data_root=GOLDEN_ROOT, out_dir="/nonexistent/wsss-nb-golden-runs")
+    assert (stage1_config(b).key, stage3_config(b).key) == ("d1a716ca8f", "6b88597341")
+    assert str(pseudo_dir(b)) == "/nonexistent/wsss-nb-golden-runs/pseudo/b00c8ebd95"

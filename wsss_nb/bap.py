@@ -12,10 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, seed_everything, check_int
-from .heads import _check_tensor
+from .core import ConfigError, DataError, seed_everything, check_int, check_shape, resize
 from .data import VOCDataset, collate, train_transform
-from .methods import Method, BackboneConfig, register_method, build_method, mask_absent, upsample
+from .methods import Method, BackboneConfig, mask_absent
 
 # %% auto #0
 __all__ = ['check_boxes', 'boxes_to_mask', 'grid_cells', 'background_queries', 'background_attention', 'roi_sample', 'bap_pool',
@@ -57,7 +56,7 @@ def _check_mask(mask, name, shape):
 
 def background_queries(features: torch.Tensor, bg_mask: torch.Tensor, grid_size: int = 4):
     "Eq. 1: per-cell means of `features` (B×K×h×w) over `bg_mask` (B×h×w) → (queries B×N²×K, valid B×N² bool)."
-    _check_tensor(features, "features"); _check_grid(grid_size)
+    check_shape(features, "features"); _check_grid(grid_size)
     B, K, h, w = features.shape
     _check_mask(bg_mask, "bg_mask", (B, h, w))
     cells = F.one_hot(grid_cells((h, w), grid_size).to(features.device), grid_size ** 2).to(features.dtype)
@@ -69,7 +68,7 @@ def background_queries(features: torch.Tensor, bg_mask: torch.Tensor, grid_size:
 # %% ../nbs/40_bap.ipynb #1f9cbed7
 def background_attention(features: torch.Tensor, boxes_mask, queries: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     "Eq. 2–3: B×h×w mean over valid queries of ReLU(cos(f, q_j)) inside `boxes_mask`, 1 outside (0 inside if J = 0)."
-    _check_tensor(features, "features")
+    check_shape(features, "features")
     B, K, h, w = features.shape
     if not isinstance(queries, torch.Tensor) or queries.ndim != 3 or queries.shape[0] != B or queries.shape[2] != K:
         raise DataError(f"queries: expected B×J×K = {B}×J×{K}, got {tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__}")
@@ -96,7 +95,7 @@ def roi_sample(x: torch.Tensor, box, stride: float = 1, samples: int = 1) -> tor
 def bap_pool(features: torch.Tensor, attention: torch.Tensor, boxes, stride: float = 1, samples: int = 1,
              eps: float = 1e-6):
     "Eq. 4 for every box of every image: (r R×K, class R long, image index R long); `boxes` is a list of N_b×5."
-    _check_tensor(features, "features")
+    check_shape(features, "features")
     B, K, h, w = features.shape
     _check_mask(attention, "attention", (B, h, w))
     if not isinstance(boxes, (list, tuple)) or len(boxes) != B:
@@ -115,9 +114,9 @@ def bap_pool(features: torch.Tensor, attention: torch.Tensor, boxes, stride: flo
     return torch.stack(r), torch.tensor(cls, device=dev), torch.tensor(idx, device=dev)
 
 # %% ../nbs/40_bap.ipynb #ac5ed31e
-@register_method("bana_cls")
 class BANAClassifier(Method):
     "BANA stage 1: (L+1)-way classifier on BAP (or GAP) box features and background queries."
+    name = "bana_cls"
     @dataclass
     class Config:
         grid_size: int = 4                               # N of the training grid (paper: 4)
@@ -186,7 +185,7 @@ class BANAClassifier(Method):
 
     def predict(self, image, labels=None):
         "Diagnostic: the classifier's per-pixel (L+1)-way softmax, upsampled to the image (absent classes zeroed)."
-        return mask_absent(upsample(self.classifier(self.features(image)), image.shape[-2:]).softmax(1), labels)
+        return mask_absent(resize(self.classifier(self.features(image)), image.shape[-2:]).softmax(1), labels)
 
     def classify(self, image):
         "B×C: the highest per-position probability of each foreground class."
@@ -200,7 +199,7 @@ def train_bana_cls(root, pooling: str = "bap", epochs: int = 15, n: int | None =
     seed_everything(seed)
     ds = VOCDataset(root, "train", transform=train_transform(crop=size, scale_range=(0.8, 1.2), jitter=0.2))
     if n: ds.names = ds.names[:n]
-    model = build_method("bana_cls", ds.num_classes, dict(pooling=pooling, **method_cfg), BackboneConfig(backbone, output_stride))
+    model = BANAClassifier(ds.num_classes, dict(pooling=pooling, **method_cfg), BackboneConfig(backbone, output_stride))
     opt = torch.optim.Adam(model.parameters(), lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.7 * epochs)], 0.1)
     bs = min(batch_size, len(ds))

@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import ConfigError, DataError, IGNORE_INDEX, from_dict, atomic_write_json, check_int
+from .core import ConfigError, DataError, IGNORE_INDEX, from_dict, atomic_write_json, check_int, resize
 from .data import VOCDataset, Normalize, save_mask, read_mask
 from .metrics import PseudoLabelQuality, CAMPrecision, filling_rate
 from .crf import dense_crf
-from .methods import upsample
 from .bap import check_boxes, boxes_to_mask, background_queries, background_attention
 
 # %% auto #0
@@ -169,14 +168,11 @@ def pseudo_labels_from_features(features: torch.Tensor, class_weights: torch.Ten
     return dict(ycrf=ycrf, yret=yret, u0=u0, u=u, cams=cams, probs=probs, corr=corr, classes=classes)
 
 # %% ../nbs/41_box_pseudo.ipynb #6ad2b0d1
-def _as_model(run_or_model):
-    if isinstance(run_or_model, (str, Path)):
-        from wsss_nb.infer import load_run        # the run layer (5x) sits above this notebook; imported on demand
-        run_or_model = load_run(run_or_model)[0]
-    if not (hasattr(run_or_model, "features") and hasattr(run_or_model, "class_weights")):
-        raise ConfigError(f"run_or_model: a {type(run_or_model).__name__} has no features/class_weights; "
-                          "pseudo labels need a stage-1 'bana_cls' model or its run folder")
-    return run_or_model.eval()
+def _as_model(model):
+    if not (hasattr(model, "features") and hasattr(model, "class_weights")):
+        raise ConfigError(f"model: a {type(model).__name__} has no features/class_weights; pseudo labels need a "
+                          "stage-1 'bana_cls' model (`wsss_nb.infer.load_run` loads one from its run folder)")
+    return model.eval()
 
 @torch.no_grad()
 def generate_pseudo_labels(model, sample: dict, cfg: BoxPseudoConfig | None = None) -> dict:
@@ -186,7 +182,7 @@ def generate_pseudo_labels(model, sample: dict, cfg: BoxPseudoConfig | None = No
         if k not in sample: raise DataError(f"sample['{k}']: missing; pseudo labels need the image, image_raw and boxes")
     image = sample["image"]
     dev = next(model.parameters()).device
-    f = upsample(model.features(image[None].to(dev)), image.shape[-2:])[0]
+    f = resize(model.features(image[None].to(dev)), image.shape[-2:])[0]
     return pseudo_labels_from_features(f, model.class_weights.detach(), sample["image_raw"].permute(1, 2, 0),
                                        sample["boxes"].to(dev), cfg)
 
@@ -229,10 +225,10 @@ class PseudoLabelReport:
         return pd.DataFrame(self.rates, columns=["name", "source", "cls", "rate"])
 
 @torch.no_grad()
-def pseudo_label_quality(run_or_model, dataset, cfg: BoxPseudoConfig | None = None, max_images: int | None = None,
+def pseudo_label_quality(model, dataset, cfg: BoxPseudoConfig | None = None, max_images: int | None = None,
                          progress: bool = True) -> PseudoLabelReport:
     "Generate pseudo labels for `dataset` (with masks and boxes) and accumulate their quality against the masks."
-    model = _as_model(run_or_model); _check_dataset(dataset, need_masks=True)
+    model = _as_model(model); _check_dataset(dataset, need_masks=True)
     rep = PseudoLabelReport(dataset.num_classes, ("background", *dataset.classes))
     for i in tqdm(range(_count(dataset, max_images)), desc="pseudo-label quality", disable=not progress):
         s = dataset[i]; o = generate_pseudo_labels(model, s, cfg)
@@ -280,10 +276,10 @@ def plot_filling_rates(rates: pd.DataFrame, sources=None, ax=None, classes=None)
 # %% ../nbs/41_box_pseudo.ipynb #be8d1e76
 PSEUDO_KINDS = ("ycrf", "yret")
 
-def export_pseudo_labels(run_or_model, dataset, out_dir, cfg: BoxPseudoConfig | None = None,
+def export_pseudo_labels(model, dataset, out_dir, cfg: BoxPseudoConfig | None = None,
                          max_images: int | None = None, progress: bool = True) -> dict:
     "Write Ycrf/Yret palette PNGs and a manifest (with quality numbers when `dataset` has masks); returns the manifest."
-    model = _as_model(run_or_model); _check_dataset(dataset)
+    model = _as_model(model); _check_dataset(dataset)
     cfg = cfg or BoxPseudoConfig(); out = Path(out_dir)
     rep = PseudoLabelReport(dataset.num_classes, ("background", *dataset.classes)) if dataset.has_masks else None
     names = []

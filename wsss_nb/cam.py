@@ -9,16 +9,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .methods import Method, register_method
+from .methods import Method
 from .heads import CAMHead, normalize_cams, cams_to_probs
 
 # %% auto #0
 __all__ = ['CAMBaseline']
 
 # %% ../nbs/10_cam.ipynb #b1d8e0e8
-@register_method("cam")
 class CAMBaseline(Method):
     "GAP-CAM: multi-label classification from image labels, CAMs + constant background as segmentation."
+    name = "cam"
     image_labels = True
     @dataclass
     class Config:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .core import DataError, ConfigError, IGNORE_INDEX, voc_palette, atomic_write_bytes, to_numpy, check_int
+from .core import DataError, ConfigError, IGNORE_INDEX, voc_palette, atomic_write_bytes, to_numpy, check_int, resize
 
 # %% auto #0
 __all__ = ['VOC_CLASSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'read_classes', 'save_mask', 'read_image', 'read_mask', 'read_boxes',
@@ -226,8 +226,8 @@ class RandomScale:
     def __call__(self, s):
         f = self.lo + (self.hi - self.lo) * torch.rand(()).item()
         H, W = s["mask"].shape; h, w = max(1, round(H * f)), max(1, round(W * f))
-        s = dict(s, image_raw=F.interpolate(s["image_raw"][None], (h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1),
-                 **{k: F.interpolate(s[k][None, None].float(), (h, w), mode="nearest")[0, 0].long() for k in label_maps(s)})
+        s = dict(s, image_raw=resize(s["image_raw"][None], (h, w))[0].clamp(0, 1),
+                 **{k: resize(s[k], (h, w), "nearest").long() for k in label_maps(s)})
         s["boxes"] = s["boxes"] * torch.tensor([w / W, h / H, w / W, h / H, 1.])
         return s
     def __repr__(self): return f"RandomScale(({self.lo}, {self.hi}))"

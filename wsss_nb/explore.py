@@ -17,12 +17,11 @@ import torch.nn.functional as F
 import matplotlib.pyplot as plt
 import ipywidgets as widgets
 
-from .core import WSSSError, ConfigError, DataError, IGNORE_INDEX, to_numpy, check_int, check_num
+from .core import WSSSError, ConfigError, DataError, IGNORE_INDEX, to_numpy, check_int, check_num, resize
 from .plot import as_rgb, show_image, show_mask, show_heatmap, draw_boxes, image_grid, highlight, figure_png
 from .data import VOCDataset, Normalize, read_image, read_classes
 from .metrics import image_iou
 from .crf import dense_crf
-from .methods import upsample
 from .pamr import DEFAULT_DILATIONS, check_dilations, neighbour_index, pamr, pamr_affinity
 from .scm import self_information, drop_probability, keep_probability
 from .spr import spr, pseudo_mask
@@ -143,7 +142,7 @@ def initial_mask(src: Source, mask=None, coarse: int = 8) -> torch.Tensor:
     if gt is None or bool((gt == IGNORE_INDEX).all()):
         raise ConfigError("mask: nothing to refine — give `mask` (probabilities or a label map), a run, or a sample with a ground-truth mask")
     check_int(coarse, "coarse")
-    return F.interpolate(as_probs(gt, src.num_classes)[None], size=(coarse, coarse), mode="area")[0]
+    return resize(as_probs(gt, src.num_classes)[None], (coarse, coarse), "area")[0]
 
 def _pct(v) -> str: return "–" if v is None or np.isnan(v) else f"{100 * v:.1f}"
 
@@ -366,7 +365,7 @@ def spr_explorer(source, run=None, mask=None, index: int = 0, split: str = "val"
 # %% ../nbs/60_explore.ipynb #6877e200
 def class_cam(cams: torch.Tensor, classes, size) -> torch.Tensor:
     "H×W: the max over `classes` of each class's CAM ((C+1)×h×w, ReLU'd) divided by its maximum, at `size`."
-    c = upsample(cams[None], tuple(size))[0][list(classes)]
+    c = resize(cams[None], tuple(size))[0][list(classes)]
     return (c / c.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]).amax(0) if len(c) else torch.zeros(tuple(size))
 
 def _check_bana_cls(model, name):
@@ -401,7 +400,7 @@ class BAPView:
         p = self._pseudo.get(grid_size, lambda: generate_pseudo_labels(self.model, self.sample, pseudo_config(grid_size=grid_size)))
         ycrf, yret = p["ycrf"].cpu(), p["yret"].cpu()
         return dict(image=self.sample["image_raw"], boxes=self.boxes, grid_size=grid_size, cells=cells, valid=valid[0].cpu(),
-                    attention=upsample(A[:, None], self.size)[0, 0].cpu(), cam=self.cam, cam_gap=self.cam_gap,
+                    attention=resize(A[:, None], self.size)[0, 0].cpu(), cam=self.cam, cam_gap=self.cam_gap,
                     u0=p["u0"].cpu(), ycrf=ycrf, yret=yret, disagree=ycrf != yret, gt=self.sample.get("mask"))
 
 def bap_figure(f: dict, class_names=None, size: float = 2.4):

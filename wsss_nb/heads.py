@@ -10,36 +10,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, check_int, check_num
+from .core import ConfigError, DataError, check_int, check_num, check_shape, check_labels, resize
 
 # %% auto #0
 __all__ = ['conv_bn_relu', 'aspp_rates', 'ASPP', 'DeepLabV3PlusDecoder', 'CAMHead', 'normalize_cams', 'cams_to_probs',
            'cosine_logits', 'CosineClassifier']
-
-# %% ../nbs/06_heads.ipynb #6aa2251b
-def _check_tensor(x, name: str, layout: str = "B×K×H×W", ndims=(4,), channels: int | None = None):
-    "`x` must be a non-empty float tensor with `x.ndim` in `ndims` (and `channels` channels in dim 1)."
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{name}: expected a {layout} torch tensor, got {type(x).__name__}")
-    want = f" with K={channels} channels" if channels is not None else ""
-    if x.ndim not in ndims or (channels is not None and x.shape[1] != channels):
-        raise DataError(f"{name}: expected a {layout} tensor{want}, got shape {tuple(x.shape)}")
-    if x.numel() == 0: raise DataError(f"{name}: empty tensor, shape {tuple(x.shape)}")
-    if not x.is_floating_point(): raise DataError(f"{name}: expected a floating-point tensor, got {x.dtype}")
-    return x
-
-def _size2(size) -> tuple[int, int]:
-    "An int or an (H, W) pair of positive ints."
-    s = (size, size) if isinstance(size, int) and not isinstance(size, bool) else size
-    if (not isinstance(s, (tuple, list, torch.Size)) or len(s) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in s)):
-        raise ConfigError(f"size={size!r}: expected a positive int or an (H, W) pair of positive ints")
-    return int(s[0]), int(s[1])
-
-def _bilinear(x: torch.Tensor, size) -> torch.Tensor:
-    "Bilinear resize (align_corners=False) of a B×K×h×w tensor to `size`; a no-op when it already has that size."
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear",
-                                                                     align_corners=False)
 
 # %% ../nbs/06_heads.ipynb #5e619e0b
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -79,7 +54,7 @@ class ASPP(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         "B×in_channels×h×w → B×out_channels×h×w."
-        _check_tensor(features, "features", channels=self.in_channels)
+        check_shape(features, "features", channels=self.in_channels)
         h, w = features.shape[-2:]
         outs = [b(features) for b in self.branches] + [self.pool(features).expand(-1, -1, h, w)]
         return self.project(torch.cat(outs, 1))
@@ -100,15 +75,15 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     def check_inputs(self, deep, shallow):
         "Raise `DataError` unless `deep` (B×in×h×w) and `shallow` (B×skip×H×W) fit this decoder."
-        _check_tensor(deep, "deep", channels=self.in_channels)
-        _check_tensor(shallow, "shallow", channels=self.skip_channels)
+        check_shape(deep, "deep", channels=self.in_channels)
+        check_shape(shallow, "shallow", channels=self.skip_channels)
         if deep.shape[0] != shallow.shape[0]:
             raise DataError(f"deep, shallow: batch sizes differ ({deep.shape[0]} vs {shallow.shape[0]})")
 
     @staticmethod
     def upsample(deep: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
         "Bilinear (align_corners=False) resize of `deep` to the spatial size of `shallow`."
-        return _bilinear(deep, shallow.shape[-2:])
+        return resize(deep, shallow.shape[-2:])
 
     def forward(self, deep: torch.Tensor, shallow: torch.Tensor) -> torch.Tensor:
         "deep B×in_channels×h×w, shallow B×skip_channels×H×W → B×out_channels×H×W."
@@ -130,29 +105,26 @@ class CAMHead(nn.Module):
         nn.init.xavier_uniform_(self.classifier.weight)  # as the SSSS CAM baseline
 
     def forward(self, features: torch.Tensor) -> dict:
-        _check_tensor(features, "features", channels=self.in_channels)
+        check_shape(features, "features", channels=self.in_channels)
         cams = self.classifier(features)
         return dict(cams=cams, logits=cams.mean((2, 3)))
 
 # %% ../nbs/06_heads.ipynb #cd362433
 def normalize_cams(cams: torch.Tensor, labels: torch.Tensor | None = None, size=None, eps: float = 1e-5) -> torch.Tensor:
     "ReLU, optional bilinear upsampling to `size`, max-normalisation per image and class to [0, 1], absent classes zeroed."
-    _check_tensor(cams, "cams", "B×C×h×w")
+    check_shape(cams, "cams", "B×C×h×w")
     x = F.relu(cams)
-    if size is not None: x = _bilinear(x, _size2(size))
+    if size is not None: x = resize(x, size)
     x = x / x.amax((2, 3), keepdim=True).clamp_min(eps)
     if labels is not None:
-        if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != tuple(cams.shape[:2]):
-            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise DataError(f"labels: expected a B×C multi-hot tensor of shape {tuple(cams.shape[:2])}, got {got}")
-        x = x * (labels > 0).to(x.dtype)[:, :, None, None]
+        x = x * (check_labels(labels, cams.shape[:2]) > 0).to(x.dtype)[:, :, None, None]
     return x
 
 # %% ../nbs/06_heads.ipynb #9d2562c2
 def cams_to_probs(norm_cams: torch.Tensor, bg_score: float = 0.1, bg_power: float | None = None,
                   normalize: bool = False) -> torch.Tensor:
     "B×C×H×W normalised CAMs → B×(C+1)×H×W scores, background first; argmax over dim 1 is the pseudo label."
-    _check_tensor(norm_cams, "norm_cams", "B×C×H×W")
+    check_shape(norm_cams, "norm_cams", "B×C×H×W")
     if bg_power is None:
         check_num(bg_score, "bg_score", 0, 1)
         bg = torch.full_like(norm_cams[:, :1], float(bg_score))
@@ -168,8 +140,8 @@ def cams_to_probs(norm_cams: torch.Tensor, bg_score: float = 0.1, bg_power: floa
 def cosine_logits(features: torch.Tensor, weight: torch.Tensor, scale: float = 20.0, cosine: bool = True,
                   eps: float = 1e-8) -> torch.Tensor:
     "τ·cos(f, w_c) (or f·w_c when `cosine=False`) for features B×K(×H×W) and weight C×K → B×C(×H×W)."
-    _check_tensor(features, "features", "B×K×H×W or B×K", ndims=(2, 4))
-    _check_tensor(weight, "weight", "C×K", ndims=(2,))
+    check_shape(features, "features", "B×K×H×W or B×K")
+    check_shape(weight, "weight", "C×K")
     if weight.shape[1] != features.shape[1]:
         raise DataError(f"features, weight: channel counts differ (features has K={features.shape[1]}, "
                         f"weight is {tuple(weight.shape)}); expected weight of shape C×{features.shape[1]}")
@@ -188,7 +160,7 @@ class CosineClassifier(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        _check_tensor(features, "features", "B×K×H×W or B×K", ndims=(2, 4), channels=self.in_channels)
+        check_shape(features, "features", "B×K×H×W or B×K", channels=self.in_channels)
         return cosine_logits(features, self.weight, self.scale, self.cosine)
 
     def extra_repr(self):

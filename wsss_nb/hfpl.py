@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, check_int, check_num
-from .heads import normalize_cams, _check_tensor
+from .core import ConfigError, DataError, check_int, check_num, check_shape, check_labels, resize
+from .heads import normalize_cams
 from .metrics import mean_std
 
 # %% auto #0
@@ -25,16 +25,10 @@ __all__ = ['POSTERIORS', 'GATINGS', 'TABLE_METRICS', 'isl_probs', 'importance_sa
 POSTERIORS = ("binomial", "multinomial")
 GATINGS = ("r", "b", "s", "a")
 
-def _check_labels(labels, shape) -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != tuple(shape):
-        got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise DataError(f"labels: expected a B×C multi-hot tensor of shape {tuple(shape)}, got {got}")
-    return labels
-
 # %% ../nbs/30_isl_fsl.ipynb #fbd0d7fb
 def isl_probs(logits: torch.Tensor, posterior: str = "binomial", bg_logit: float | None = None) -> torch.Tensor:
     "Sampling weights B×C×h×w (no grad): σ(s) + 1e-5 (binomial, Eq. 14) or softmax over classes (multinomial, Eq. 5)."
-    _check_tensor(logits, "logits", "B×C×h×w")
+    check_shape(logits, "logits", "B×C×h×w")
     x = logits.detach().float()
     if posterior == "binomial": return x.sigmoid() + 1e-5
     if posterior != "multinomial": raise ConfigError(f"posterior={posterior!r}: expected one of {list(POSTERIORS)}")
@@ -44,7 +38,7 @@ def isl_probs(logits: torch.Tensor, posterior: str = "binomial", bg_logit: float
 
 def importance_sample(logits: torch.Tensor, probs: torch.Tensor, n_samples: int = 10, generator=None):
     "Draw `n_samples` pixels per (image, class) with replacement ∝ `probs` (Eq. 15) → (sampled logits, flat indices), B×C×N each."
-    _check_tensor(logits, "logits", "B×C×h×w")
+    check_shape(logits, "logits", "B×C×h×w")
     if not isinstance(probs, torch.Tensor) or probs.shape != logits.shape:
         raise DataError(f"probs: expected a tensor of the logits' shape {tuple(logits.shape)}")
     B, C, h, w = logits.shape
@@ -57,14 +51,14 @@ def importance_sampling_loss(logits: torch.Tensor, labels: torch.Tensor, n_sampl
     "Multi-sample ISL (Eq. 18): the multi-label soft margin of the sampled logits, averaged over the N samples."
     samples, _ = importance_sample(logits, isl_probs(logits, posterior, bg_logit), n_samples, generator)
     B, C, N = samples.shape
-    y = _check_labels(labels, (B, C)).to(samples.dtype)
+    y = check_labels(labels, (B, C)).to(samples.dtype)
     return F.multilabel_soft_margin_loss(samples.transpose(1, 2).reshape(B * N, C), y.repeat_interleave(N, 0))
 
 def combined_cls_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.2, **isl) -> torch.Tensor:
     "(1-λ)·L_GAP + λ·L_IS (Eq. 16); L_GAP is the multi-label soft margin of the spatial mean. `isl`: ISL options."
-    _check_tensor(logits, "logits", "B×C×h×w")
+    check_shape(logits, "logits", "B×C×h×w")
     lam = check_num(lam, "lam", 0, 1)
-    gap = F.multilabel_soft_margin_loss(logits.mean((2, 3)), _check_labels(labels, logits.shape[:2]).to(logits.dtype))
+    gap = F.multilabel_soft_margin_loss(logits.mean((2, 3)), check_labels(labels, logits.shape[:2]).to(logits.dtype))
     return gap if lam == 0 else (1 - lam) * gap + lam * importance_sampling_loss(logits, labels, **isl)
 
 # %% ../nbs/30_isl_fsl.ipynb #ae4647fd
@@ -137,7 +131,7 @@ def _cpu_threads(n: int | None, device: torch.device):
 def feature_similarity_loss(image: torch.Tensor, cam: torch.Tensor, mu: float = 2.5, sigma: float | None = 5.0,
                             radius: float | str | None = None, *, cpu_threads: int | None = 1) -> torch.Tensor:
     "FSL (Eq. 9): image B×K×h×w in [0, 1] (clamped), gating input B×C×h×w; dense when `radius` is None, else pairs within `radius` ('auto': 4σ)."
-    _check_tensor(image, "image", "B×3×h×w"); _check_tensor(cam, "cam", "B×C×h×w")
+    check_shape(image, "image", "B×3×h×w"); check_shape(cam, "cam", "B×C×h×w")
     if image.shape[0] != cam.shape[0] or image.shape[2:] != cam.shape[2:]:
         raise DataError(f"image, cam: expected the same batch size and h×w, got {tuple(image.shape)} and {tuple(cam.shape)}")
     mu = check_num(mu, "mu")
@@ -165,10 +159,10 @@ def feature_similarity_loss(image: torch.Tensor, cam: torch.Tensor, mu: float = 
 # %% ../nbs/30_isl_fsl.ipynb #8140ffd6
 def fsl_gate(cams: torch.Tensor, labels: torch.Tensor | None = None, gating: str = "r", background: bool = True) -> torch.Tensor:
     "FSL gating input from raw CAM scores B×C×h×w: r (Eq. 4), b (Eq. 14), s or a (softmax); absent classes zeroed; ± background channel."
-    _check_tensor(cams, "cams", "B×C×h×w")
+    check_shape(cams, "cams", "B×C×h×w")
     if gating not in GATINGS: raise ConfigError(f"gating={gating!r}: expected one of {list(GATINGS)}")
     present = (torch.ones_like(cams[:, :, 0, 0]) if labels is None else
-               (_check_labels(labels, cams.shape[:2]) > 0).to(cams.dtype))[:, :, None, None]
+               (check_labels(labels, cams.shape[:2]) > 0).to(cams.dtype))[:, :, None, None]
     if gating == "a":
         x = cams.masked_fill(present == 0, float("-inf"))
         if background: x = torch.cat([torch.zeros_like(cams[:, :1]), x], 1)
@@ -223,7 +217,7 @@ def hfpl_losses(batch: dict, cam_logits: torch.Tensor, labels: torch.Tensor, isl
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             raise DataError("batch['image_raw']: FSL needs the B×3×H×W images in [0, 1]")
         if image.shape[-2:] != cam_logits.shape[-2:]:
-            image = F.interpolate(image.float(), cam_logits.shape[-2:], mode="bilinear", align_corners=True)
+            image = resize(image.float(), cam_logits.shape[-2:], align_corners=True)
         gate = fsl_gate(cam_logits, labels, fsl_cfg.gating, fsl_cfg.background)
         out["fsl"] = feature_similarity_loss(image, gate, fsl_cfg.mu, fsl_cfg.sigma, fsl_cfg.loss_radius)
     return out

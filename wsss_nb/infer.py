@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import ConfigError, CheckpointError, DataError, get_device, atomic_open, atomic_write_json, check_int, check_num
+from .core import (ConfigError, CheckpointError, DataError, get_device, atomic_open, atomic_write_json, check_int,
+                          check_num, resize)
 from .data import VOCDataset, save_mask
 from .metrics import SegEvaluator
 from .crf import dense_crf
-from .methods import build_method, upsample
+from .zoo import build_method
 from .train import RunConfig, run_config, load_checkpoint, data_fingerprint
 
 # %% auto #0
@@ -53,10 +54,10 @@ def predict_image(model, image: torch.Tensor, cfg: InferConfig = InferConfig(), 
         labels = (conf >= cfg.min_confidence).float()
     total = 0.
     for s in cfg.scales:
-        xs = x if s == 1 else F.interpolate(x, (max(8, round(H * s)), max(8, round(W * s))), mode="bilinear", align_corners=False)
+        xs = x if s == 1 else resize(x, (max(8, round(H * s)), max(8, round(W * s))))
         for flip in ((False, True) if cfg.flip else (False,)):
             p = model.predict(xs.flip(-1) if flip else xs, labels)
-            total = total + upsample(p.flip(-1) if flip else p, (H, W))
+            total = total + resize(p.flip(-1) if flip else p, (H, W))
     p = (total / (len(cfg.scales) * (2 if cfg.flip else 1)))[0]
     if cfg.bg_power is not None:
         p = torch.cat([p[:1].clamp_min(0) ** cfg.bg_power, p[1:]]); p = p / p.sum(0, keepdim=True).clamp_min(1e-12)

@@ -16,8 +16,8 @@ from skimage.morphology import disk
 from .core import ConfigError, DataError, to_numpy, check_int, check_num
 
 # %% auto #0
-__all__ = ['confusion_matrix', 'iou_from_confusion', 'image_iou', 'erosion_iterations', 'boundary_region', 'seg2bmap',
-           'bound_radius', 'contour_matches', 'contour_prf', 'contour_f', 'SegEvaluator', 'CAMPrecision',
+__all__ = ['label_array', 'confusion_matrix', 'iou_from_confusion', 'image_iou', 'erosion_iterations', 'boundary_region',
+           'seg2bmap', 'bound_radius', 'contour_matches', 'contour_prf', 'contour_f', 'SegEvaluator', 'CAMPrecision',
            'filling_rate', 'PseudoLabelQuality', 'mean_std']
 
 # %% ../nbs/03_metrics.ipynb #d28aa01d
@@ -25,8 +25,8 @@ def _np(x, name: str) -> np.ndarray:
     try: return to_numpy(x)
     except Exception as e: raise DataError(f"{name}: expected a numpy array or torch tensor ({e})") from None
 
-def _labels(x, name: str, batch: bool = False) -> np.ndarray:
-    "`x` as an int64 label map: H×W, or also B×H×W when `batch`."
+def label_array(x, name: str, batch: bool = False) -> np.ndarray:
+    "`x` (tensor, array or array-like) as an int64 numpy label map: H×W, or also B×H×W when `batch`."
     a = _np(x, name)
     if a.ndim != 2 and not (batch and a.ndim == 3):
         raise DataError(f"{name}: expected an H×W label map{' or a B×H×W batch' if batch else ''}, got shape {tuple(a.shape)}")
@@ -57,7 +57,7 @@ def _check_range(a: np.ndarray, name: str, num_classes: int, ignore_index: int |
 
 def _pair(pred, gt, num_classes, ignore_index, pred_ignore=False, names=("pred", "gt")):
     "Checked int64 (pred, gt), H×W or B×H×W; `pred` may hold `ignore_index` only when `pred_ignore`."
-    p, g = _labels(pred, names[0], batch=True), _labels(gt, names[1], batch=True)
+    p, g = label_array(pred, names[0], batch=True), label_array(gt, names[1], batch=True)
     _same_shape(p, g, *names)
     _check_range(g, names[1], num_classes, ignore_index)
     _check_range(p, names[0], num_classes, ignore_index if pred_ignore else None)
@@ -251,7 +251,7 @@ class CAMPrecision:
     def update(self, cams, gt, labels=None):
         "Add C×H×W CAMs in [0, 1] (foreground classes 1..C) with an H×W gt; or B×C×H×W with B×H×W (labels: C or B×C multi-hot)."
         K, ign = self.num_classes, self.ignore_index
-        c, g = _np(cams, "cams"), _labels(gt, "gt", batch=True)
+        c, g = _np(cams, "cams"), label_array(gt, "gt", batch=True)
         if c.ndim == 3 and g.ndim == 2: c, g = c[None], g[None]
         if c.ndim != 4 or g.ndim != 3 or c.shape[0] != g.shape[0] or c.shape[1] != K - 1 or c.shape[2:] != g.shape[1:]:
             raise DataError(f"cams {tuple(c.shape)} / gt {tuple(g.shape)}: expected cams C×H×W with C = {K - 1} "
@@ -280,7 +280,7 @@ class CAMPrecision:
 # %% ../nbs/03_metrics.ipynb #34c71e42
 def filling_rate(mask, boxes) -> np.ndarray:
     "N×2 array of (class, fraction of the box's pixels labelled with that class in `mask`)."
-    m = _labels(mask, "mask")
+    m = label_array(mask, "mask")
     b = _np(boxes, "boxes").astype(float)
     if b.size == 0: return np.zeros((0, 2))
     if b.ndim != 2 or b.shape[1] != 5:

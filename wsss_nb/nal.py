@@ -4,11 +4,10 @@
 
 # %% ../nbs/42_nal.ipynb #dd7177fb
 from __future__ import annotations
-import dataclasses
 import json
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,30 +15,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, IGNORE_INDEX, from_dict, to_dict, config_hash, atomic_open, atomic_write_json, check_num
+from .core import ConfigError, DataError, IGNORE_INDEX, atomic_open, check_num, check_shape, check_label_map, resize
 from .data import VOCDataset
-from .heads import ASPP, CosineClassifier, aspp_rates, cosine_logits, _check_tensor
-from .methods import Method, register_method, mask_absent, upsample
-from .box_pseudo import agreement, export_pseudo_labels, pseudo_config
+from .heads import ASPP, CosineClassifier, aspp_rates, cosine_logits
+from .methods import Method, mask_absent
+from .box_pseudo import agreement
 
 # %% auto #0
 __all__ = ['LOSSES', 'reliable_regions', 'class_correlation', 'confidence_map', 'nal_loss', 'read_manifest', 'BANASegmenter',
-           'read_confidence_maps', 'BanaConfig', 'bana_config', 'stage1_config', 'generation_config', 'pseudo_dir',
-           'stage3_config', 'bana_pseudo_labels', 'run_bana']
+           'read_confidence_maps']
 
 # %% ../nbs/42_nal.ipynb #34a15dd1
-def _check_labels(y, name, num_classes=None):
-    if not isinstance(y, torch.Tensor) or y.ndim != 3 or y.is_floating_point():
-        got = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise DataError(f"{name}: expected a B×H×W integer label map, got {got}")
-    if num_classes is not None:
-        bad = (y >= num_classes) & (y != IGNORE_INDEX) | (y < 0)
-        if bad.any(): raise DataError(f"{name}: labels {y[bad].unique()[:5].tolist()} outside 0..{num_classes - 1} and {IGNORE_INDEX}")
-    return y
-
 def reliable_regions(y_crf: torch.Tensor, y_ret: torch.Tensor):
     "B×H×W bool maps of S (Ycrf = Yret) and ~S (they differ), both without the pixels void in Ycrf."
-    _check_labels(y_crf, "y_crf"); _check_labels(y_ret, "y_ret")
+    check_label_map(y_crf, "y_crf"); check_label_map(y_ret, "y_ret")
     if y_crf.shape != y_ret.shape: raise DataError(f"y_crf, y_ret: shapes differ ({tuple(y_crf.shape)} vs {tuple(y_ret.shape)})")
     valid = y_crf != IGNORE_INDEX
     same = y_crf == y_ret
@@ -54,9 +43,9 @@ def _weight_matrix(w, name="classifier_weight"):
 
 def class_correlation(features: torch.Tensor, classifier_weight: torch.Tensor, size=None) -> torch.Tensor:
     "Eq. 11: D_c = 1 + cos(φ, W_c), B×(C+1)×h×w for features B×K×h×w, resized bilinearly to `size` when given."
-    _check_tensor(features, "features")
+    check_shape(features, "features")
     D = 1 + cosine_logits(features, _weight_matrix(classifier_weight), scale=1.0)
-    return D if size is None else upsample(D, tuple(size))
+    return D if size is None else resize(D, tuple(size))
 
 def _check_gamma(gamma):
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
@@ -67,7 +56,7 @@ def confidence_map(features: torch.Tensor, classifier_weight: torch.Tensor, y_cr
     "Eq. 12: σ = (D_{c*} / max_c D_c)^γ with c* = Ycrf(p), B×H×W at Ycrf's resolution (0 where Ycrf is void)."
     _check_gamma(gamma)
     W = _weight_matrix(classifier_weight)
-    _check_labels(y_crf, "y_crf", len(W))
+    check_label_map(y_crf, "y_crf", num_classes=len(W))
     if len(y_crf) != len(features): raise DataError(f"y_crf: {len(y_crf)} label maps for a batch of {len(features)} feature maps")
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
         D = class_correlation(features.detach() if detach else features, W.detach() if detach else W, y_crf.shape[-2:])
@@ -86,10 +75,11 @@ def nal_loss(logits: torch.Tensor, features: torch.Tensor | None, classifier_wei
     if loss not in LOSSES: raise ConfigError(f"loss={loss!r}: expected one of {list(LOSSES)}")
     check_num(lam, "lam", 0)
     if not 0 <= beta <= 1: raise ConfigError(f"beta={beta!r}: expected a bootstrap weight in [0, 1]")
-    _check_tensor(logits, "logits")
-    _check_labels(y_crf, "y_crf", logits.shape[1]); _check_labels(y_ret, "y_ret", logits.shape[1])
+    check_shape(logits, "logits")
+    check_label_map(y_crf, "y_crf", num_classes=logits.shape[1])
+    check_label_map(y_ret, "y_ret", num_classes=logits.shape[1])
     if len(y_crf) != len(logits): raise DataError(f"y_crf: {len(y_crf)} label maps for a batch of {len(logits)} logits")
-    logits = upsample(logits, y_crf.shape[-2:])
+    logits = resize(logits, y_crf.shape[-2:])
     S, U = reliable_regions(y_crf, y_ret)
     if loss == "ycrf": S, U = S | U, torch.zeros_like(U)
     logp = logits.float().log_softmax(1)
@@ -123,9 +113,9 @@ def read_manifest(pseudo_dir) -> dict:
     try: return json.loads(p.read_text())
     except json.JSONDecodeError as e: raise DataError(f"{p}: unreadable manifest ({e})") from None
 
-@register_method("bana_seg")
 class BANASegmenter(Method):
     "BANA stage 3: segmentation with a cosine (or dot-product) classifier trained on Ycrf/Yret with NAL or a Table 3 baseline."
+    name = "bana_seg"
     @dataclass
     class Config:
         pseudo_dir: str | None = None                     # stage-2 export folder (ycrf/, yret/, pseudo_labels.json)
@@ -160,7 +150,7 @@ class BANASegmenter(Method):
 
     def forward(self, batch):
         img = batch["image"]; phi = self.features(img)
-        return dict(logits=upsample(self.classifier(phi), img.shape[-2:]), features=phi)
+        return dict(logits=resize(self.classifier(phi), img.shape[-2:]), features=phi)
 
     def bootstrap_beta(self, epoch: int) -> float:
         "β_e = (1 - e/E)^p of bootstrapping's target (supp. Eq. 7), E = the run's epochs."
@@ -237,128 +227,3 @@ def read_confidence_maps(run_dir) -> dict:
     if not root.is_dir(): raise DataError(f"{root}: no confidence maps (not a bana_seg run, or no epoch started yet)")
     return {d.name: {int(p.stem.split("_")[1]): np.load(p) for p in sorted(d.glob("epoch_*.npy"))}
             for d in sorted(root.iterdir()) if d.is_dir()}
-
-# %% ../nbs/42_nal.ipynb #9f01b35c
-@dataclass
-class BanaConfig:
-    "BANA's three stages (boxes → pseudo labels → segmentation) in one config; the paper's hyperparameters are fields."
-    data_root: str = "data/synthetic"
-    out_dir: str = "runs/bana"
-    train_split: str = "train"
-    val_split: str = "val"
-    max_train_images: int | None = None
-    max_val_images: int | None = None
-    backbone: str = "tiny"
-    output_stride: int | None = 8
-    weights: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
-    # stage 1: bana_cls
-    cls_pooling: typing.Literal["bap", "gap"] = "bap"
-    cls_grid_size: int = 4                 # N for training
-    cls_epochs: int = 15
-    cls_crop: int = 96
-    cls_batch_size: int = 16
-    cls_lr: float = 2e-3
-    cls_max_val_images: int | None = 32    # its per-epoch validation is a diagnostic only
-    # stage 2: pseudo labels
-    gen_grid_size: int = 1                 # N for generating u0
-    bg_threshold: float = 0.99             # threshold on A (Eq. 7)
-    pseudo_cfg: dict = field(default_factory=dict)
-    # stage 3: bana_seg
-    loss: typing.Literal["nal", "baseline", "er", "bootstrap", "ycrf"] = "nal"
-    gamma: float = 7.0
-    lam: float = 0.1
-    tau: float = 20.0
-    classifier: typing.Literal["cosine", "dot"] = "cosine"
-    seg_cfg: dict = field(default_factory=dict)
-    seg_epochs: int = 20
-    seg_crop: int = 112
-    seg_batch_size: int = 16
-    seg_optimizer: typing.Literal["sgd", "adamw"] = "adamw"
-    seg_lr: float = 2e-3
-    seg_lr_backbone: float = 2e-3
-    seg_seed: int | None = None            # stage 3's seed (None: `seed`)
-    # evaluation
-    eval_crf: bool = True
-
-    def __post_init__(self):
-        for name, d, own in (("pseudo_cfg", self.pseudo_cfg, ("grid_size", "bg_threshold")),
-                             ("seg_cfg", self.seg_cfg, ("pseudo_dir", "loss", "gamma", "lam", "tau", "classifier"))):
-            clash = sorted(set(d) & set(own))
-            if clash: raise ConfigError(f"{name}: {clash} are fields of BanaConfig itself; set them there")
-
-def bana_config(cfg=None, **overrides) -> BanaConfig:
-    "A `BanaConfig` from None, a dict or a config, with `overrides` (unknown names are a `ConfigError`)."
-    d = to_dict(cfg) if isinstance(cfg, BanaConfig) else dict(cfg or {})
-    return from_dict(BanaConfig, {**d, **overrides})
-
-def stage1_config(cfg: BanaConfig):
-    "The RunConfig of stage 1 (`bana_cls`)."
-    from wsss_nb.train import run_config          # the run layer (5x) sits above this notebook
-    return run_config(dict(
-        method="bana_cls", method_cfg=dict(grid_size=cfg.cls_grid_size, pooling=cfg.cls_pooling),
-        backbone=cfg.backbone, output_stride=cfg.output_stride, weights=cfg.weights, data_root=cfg.data_root,
-        train_split=cfg.train_split, val_split=cfg.val_split, max_train_images=cfg.max_train_images,
-        max_val_images=cfg.cls_max_val_images, crop=cfg.cls_crop, scale_range=(0.8, 1.2), jitter=0.2,
-        batch_size=cfg.cls_batch_size, epochs=cfg.cls_epochs, optimizer="adamw", lr=cfg.cls_lr, lr_backbone=cfg.cls_lr,
-        seed=cfg.seed, device=cfg.device, out_dir=str(Path(cfg.out_dir)/"stage1"), progress=cfg.progress))
-
-def generation_config(cfg: BanaConfig):
-    "The `BoxPseudoConfig` of stage 2."
-    return pseudo_config(cfg.pseudo_cfg, grid_size=cfg.gen_grid_size, bg_threshold=cfg.bg_threshold)
-
-def pseudo_dir(cfg: BanaConfig) -> Path:
-    "Stage 2's folder: keyed by stage 1's run, the generation config and the images."
-    key = config_hash(dict(stage1=stage1_config(cfg).key, pseudo=to_dict(generation_config(cfg)),
-                           split=cfg.train_split, max_images=cfg.max_train_images))
-    return Path(cfg.out_dir)/"pseudo"/key
-
-def stage3_config(cfg: BanaConfig):
-    "The RunConfig of stage 3 (`bana_seg` on stage 2's export)."
-    from wsss_nb.train import run_config
-    mcfg = dict(cfg.seg_cfg, pseudo_dir=str(pseudo_dir(cfg)), loss=cfg.loss, gamma=cfg.gamma, lam=cfg.lam,
-                tau=cfg.tau, classifier=cfg.classifier)
-    return run_config(dict(
-        method="bana_seg", method_cfg=mcfg, backbone=cfg.backbone, output_stride=cfg.output_stride, weights=cfg.weights,
-        data_root=cfg.data_root, train_split=cfg.train_split, val_split=cfg.val_split,
-        max_train_images=cfg.max_train_images, max_val_images=cfg.max_val_images, crop=cfg.seg_crop,
-        batch_size=cfg.seg_batch_size, epochs=cfg.seg_epochs, optimizer=cfg.seg_optimizer, lr=cfg.seg_lr,
-        lr_backbone=cfg.seg_lr_backbone, schedule="poly", seed=cfg.seed if cfg.seg_seed is None else cfg.seg_seed, device=cfg.device,
-        out_dir=str(Path(cfg.out_dir)/"stage3"), progress=cfg.progress))
-
-def bana_pseudo_labels(cfg=None, **overrides) -> Path:
-    "Stages 1 and 2 (each skipped when done): train `bana_cls`, export Ycrf/Yret; returns the export folder."
-    from wsss_nb.train import train
-    cfg = bana_config(cfg, **overrides)
-    r1 = train(stage1_config(cfg))
-    pdir = pseudo_dir(cfg)
-    if not (pdir/"pseudo_labels.json").is_file():
-        ds = VOCDataset(cfg.data_root, cfg.train_split, max_images=cfg.max_train_images)
-        export_pseudo_labels(r1["run_dir"], ds, pdir, generation_config(cfg), progress=cfg.progress)
-    return pdir
-
-def run_bana(cfg=None, **overrides) -> dict:
-    "Stages 1–3 and the evaluation of BANA, each skipped when its output exists; returns (and writes) the summary."
-    from wsss_nb.train import train, run_dir
-    from wsss_nb.infer import evaluate, load_run, InferConfig
-    cfg = bana_config(cfg, **overrides)
-    pdir = bana_pseudo_labels(cfg)
-    man = read_manifest(pdir)
-    c3 = stage3_config(cfg)
-    r3 = train(c3)
-    rd = Path(r3["run_dir"])
-    if (rd/"bana.json").is_file(): return json.loads((rd/"bana.json").read_text())
-    model, _ = load_run(rd, cfg.device)
-    model.setup_training(c3, rd); model.save_confidence(c3.epochs)        # the state after the last epoch
-    res = dict(mIoU=r3["final"]["mIoU"])
-    if cfg.eval_crf:
-        res["mIoU_crf"] = evaluate(model, cfg.val_split, InferConfig(crf=True), data_root=cfg.data_root,
-                                   max_images=cfg.max_val_images, progress=cfg.progress)["mIoU"]
-    q = man.get("quality") or {}
-    summary = dict(config=to_dict(cfg), stage1=str(run_dir(stage1_config(cfg))), pseudo_dir=str(pdir), stage3=str(rd), **res,
-                   history=r3["history"],
-                   pseudo_quality={k: {m: q[k][m] for m in ("mIoU", "coverage")} for k in ("Ycrf", "Yret", "Ycrf & Yret") if k in q})
-    atomic_write_json(rd/"bana.json", summary)
-    return json.loads((rd/"bana.json").read_text())

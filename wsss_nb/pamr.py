@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import DataError, ConfigError, check_int
+from .core import DataError, ConfigError, check_int, check_labels, resize
 
 # %% auto #0
 __all__ = ['DEFAULT_DILATIONS', 'check_dilations', 'neighbour_offsets', 'neighbour_index', 'neighbours', 'local_std',
-           'colour_kernel', 'pamr_affinity', 'propagation_matrix', 'propagate', 'pamr', 'PAMR', 'pamr_reference']
+           'colour_kernel', 'pamr_affinity', 'propagation_matrix', 'propagate', 'check_refinement_inputs', 'pamr',
+           'PAMR', 'pamr_reference']
 
 # %% ../nbs/11_pamr.ipynb #cdf3e4e9
 DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
@@ -103,7 +104,8 @@ def _check_num_iter(num_iter):
     check_int(num_iter, "num_iter", 0)
 
 # %% ../nbs/11_pamr.ipynb #8a50ed05
-def _check_inputs(image, mask, num_iter, labels=None):
+def check_refinement_inputs(image, mask, num_iter, labels=None):
+    "`DataError` unless image B×K×H×W, mask B×C×h×w (finite floats, same batch) and labels B×(C-1) fit a refinement."
     _check_image(image); _check_num_iter(num_iter)
     if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
         raise DataError(f"mask: expected a B×C×h×w tensor, got {_desc(mask)}")
@@ -112,23 +114,18 @@ def _check_inputs(image, mask, num_iter, labels=None):
         raise DataError(f"mask: expected a non-empty B×C×h×w tensor (C, h, w ≥ 1), got shape {tuple(mask.shape)}")
     if image.shape[0] != mask.shape[0]:
         raise DataError(f"image, mask: batch sizes differ: image has {image.shape[0]}, mask has {mask.shape[0]}")
-    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != (mask.shape[0], mask.shape[1] - 1)):
-        raise DataError(f"labels: expected a B×(C-1) multi-hot tensor (foreground classes) = "
-                        f"{(mask.shape[0], mask.shape[1] - 1)} for a mask of shape {tuple(mask.shape)}, got {_desc(labels)}")
+    if labels is not None: check_labels(labels, (mask.shape[0], mask.shape[1] - 1))     # foreground classes only
     for name, x in (("image", image), ("mask", mask)):          # one isfinite pass each
         if not torch.isfinite(x).all():
             raise DataError(f"{name}: expected finite values, found {int((~torch.isfinite(x)).sum())} NaN/inf")
-
-def _resize(mask, image):
-    return F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
 
 @torch.no_grad()
 def pamr(image: torch.Tensor, mask: torch.Tensor, num_iter: int = 10, dilations=DEFAULT_DILATIONS,
          labels: torch.Tensor | None = None, return_steps: bool = False):
     "Refine `mask` (B×C×h×w) on `image` (B×K×H×W in [0, 1]); B×C×H×W, plus the num_iter+1 steps if `return_steps`."
-    _check_inputs(image, mask, num_iter, labels)
+    check_refinement_inputs(image, mask, num_iter, labels)
     image = image.to(mask.dtype)
-    mask, aff = _resize(mask, image), pamr_affinity(image, dilations)
+    mask, aff = resize(mask, image.shape[-2:], align_corners=True), pamr_affinity(image, dilations)
     if labels is None: return propagate(mask, aff, dilations, num_iter, return_steps)
     keep = torch.cat([torch.ones_like(labels[:, :1]), labels], 1) > 0          # background always kept
     idx = torch.sort(keep.int(), dim=1, descending=True, stable=True).indices[:, :int(keep.sum(1).max())]
@@ -161,12 +158,12 @@ def _window_conv(x, dilations, weight):
 @torch.no_grad()
 def pamr_reference(image: torch.Tensor, mask: torch.Tensor, num_iter: int = 10, dilations=DEFAULT_DILATIONS):
     "Reference PAMR (tests and benchmark only): the official conv2d formulation, all channels, slow."
-    _check_inputs(image, mask, num_iter); dilations = check_dilations(dilations)
+    check_refinement_inputs(image, mask, num_iter); dilations = check_dilations(dilations)
     image = image.to(mask.dtype)
     window = torch.eye(9, dtype=mask.dtype, device=mask.device).view(9, 1, 3, 3)  # the 9 window pixels
     copy = window[[0, 1, 2, 3, 5, 6, 7, 8]]                                      # the 8 neighbours
     diff = window[4:5] - copy                                                    # centre - neighbour
-    mask = _resize(mask, image)
+    mask = resize(mask, image.shape[-2:], align_corners=True)
     std = _window_conv(image, dilations, window).std(2, keepdim=True)
     k = -_window_conv(image, dilations, diff).abs() / (1e-8 + 0.1 * std)
     aff = k.mean(1, keepdim=True).softmax(2)

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, check_int, check_num
-from .heads import conv_bn_relu, _check_tensor
+from .core import ConfigError, DataError, check_int, check_num, check_shape, resize
+from .heads import conv_bn_relu
 
 # %% auto #0
 __all__ = ['manhattan_offsets', 'sample_offsets', 'self_information', 'drop_probability', 'keep_probability', 'SCM']
@@ -42,7 +42,7 @@ def self_information(x: torch.Tensor, radius: int = 7, n_samples: int | None = 9
                      normalize: bool = True, generator: torch.Generator | None = None,
                      offsets: torch.Tensor | None = None) -> torch.Tensor:
     "Self-information Î(p) (Eq. 3) of the patch at every pixel of `x` (B×K×H×W image or features) → B×H×W."
-    _check_tensor(x, "x", "B×K×H×W"); _check_kde(bandwidth, patch)
+    check_shape(x, "x", "B×K×H×W"); _check_kde(bandwidth, patch)
     offs = sample_offsets(radius, n_samples, generator) if offsets is None else offsets
     x = x.detach()
     H, W = x.shape[-2:]
@@ -60,7 +60,7 @@ def self_information(x: torch.Tensor, radius: int = 7, n_samples: int | None = 9
 # %% ../nbs/20_scm.ipynb #040e887f
 def drop_probability(info: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
     "Boltzmann dropping distribution r ∝ exp(-Î/τ) (Eq. 4), normalised over the positions of each B×H×W map."
-    _check_tensor(info, "info", "B×H×W", ndims=(3,)); check_num(tau, "tau", 0, lo_open=True)
+    check_shape(info, "info", "B×H×W"); check_num(tau, "tau", 0, lo_open=True)
     return (-info / tau).flatten(1).softmax(1).view_as(info)
 
 # %% ../nbs/20_scm.ipynb #7570ff52
@@ -68,7 +68,7 @@ def _fit_info(info: torch.Tensor, size) -> torch.Tensor:
     "A B×H×W self-information map at the feature map's `size`: max pooling when larger, bilinear when smaller."
     if tuple(info.shape[-2:]) == tuple(size): return info
     if info.shape[-2] >= size[0] and info.shape[-1] >= size[1]: return F.adaptive_max_pool2d(info[:, None], size)[:, 0]
-    return F.interpolate(info[:, None], size, mode="bilinear", align_corners=False)[:, 0]
+    return resize(info, size)
 
 def keep_probability(info: torch.Tensor, tau: float = 0.5, drop_rate: float = 1.5) -> torch.Tensor:
     "Chance (B×H×W) that a neuron survives ρ·h·w draws from the dropping distribution: (1 - r)^(ρhw)."
@@ -93,14 +93,14 @@ class SCM(nn.Module):
         "Keep probabilities B×1×h×w for features `x`, from `info` (any size) or from `x` itself."
         if info is None:
             info = self_information(x, self.radius, self.n_samples if self.training else None, self.bandwidth, self.patch)
-        else: _check_tensor(info, "info", "B×H×W", ndims=(3,))
+        else: check_shape(info, "info", "B×H×W")
         if info.shape[0] != x.shape[0]:
             raise DataError(f"info, x: batch sizes differ ({info.shape[0]} vs {x.shape[0]})")
         return keep_probability(_fit_info(info.to(x.dtype), x.shape[-2:]), self.tau, self.drop_rate)[:, None]
 
     def drop(self, x: torch.Tensor, info: torch.Tensor | None = None) -> torch.Tensor:
         "Texture-dropped features: a Bernoulli(keep) mask per neuron in training, × keep in evaluation."
-        _check_tensor(x, "x", channels=self.in_channels)
+        check_shape(x, "x", channels=self.in_channels)
         k = self.keep(x, info)
         return x * ((torch.rand_like(x) < k).to(x.dtype) if self.training else k)
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, IGNORE_INDEX, check_int, check_num
-from .heads import ASPP, aspp_rates, conv_bn_relu, _check_tensor
-from .methods import Method, register_method, mask_absent, upsample
-from .pamr import (DEFAULT_DILATIONS, check_dilations, colour_kernel, neighbours, propagate, pamr, _check_inputs,
-                          _check_num_iter, _resize)
-from .ssss import class_scores, clean_masks, pseudo_gt_labels, _resize_ac
+from .core import (ConfigError, DataError, IGNORE_INDEX, check_int, check_num, check_shape, check_label_map,
+                          resize)
+from .heads import conv_bn_relu
+from .pamr import (DEFAULT_DILATIONS, check_dilations, colour_kernel, neighbours, propagate, pamr,
+                          check_refinement_inputs)
+from .ssss import class_scores, clean_masks, pseudo_gt_labels, with_background, NGWPSegmenter
 from .scm import SCM, self_information
 
 # %% auto #0
@@ -53,13 +53,14 @@ def spr_affinity(image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, 
 def spr(image: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None = None, alpha: float = 0.8,
         num_iter: int = 10, dilations=DEFAULT_DILATIONS, labels: torch.Tensor | None = None, return_steps: bool = False):
     "Refine `mask` (B×C×h×w) on `image` (B×K×H×W in [0, 1]) with per-class affinities from `scores` (default: `mask`)."
-    _check_inputs(image, mask, num_iter, labels); _check_alpha(alpha); dilations = check_dilations(dilations)
+    check_refinement_inputs(image, mask, num_iter, labels); _check_alpha(alpha); dilations = check_dilations(dilations)
     if scores is None: scores = mask
     elif not isinstance(scores, torch.Tensor) or scores.shape != mask.shape:
         raise DataError(f"scores: expected the mask's shape {tuple(mask.shape)}, got "
                         f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
     image = image.to(mask.dtype)
-    mask, scores = _resize(mask, image), _resize(scores.to(mask.dtype), image)
+    size = image.shape[-2:]
+    mask, scores = resize(mask, size, align_corners=True), resize(scores.to(mask.dtype), size, align_corners=True)
     keep = torch.ones(mask.shape[:2], dtype=torch.bool, device=mask.device)
     if labels is not None: keep[:, 1:] = labels > 0                           # background + present classes
     b, c = keep.nonzero(as_tuple=True)
@@ -74,7 +75,7 @@ class SPR(nn.Module):
     "Semantics-augmented pixel refinement (Eq. 5–6); α = 1 is PAMR. No parameters, no gradient."
     def __init__(self, num_iter: int = 10, dilations=DEFAULT_DILATIONS, alpha: float = 0.8):
         super().__init__()
-        _check_num_iter(num_iter)
+        check_int(num_iter, "num_iter", 0)
         self.num_iter, self.dilations, self.alpha = num_iter, check_dilations(dilations), _check_alpha(alpha)
 
     def forward(self, image, mask, scores=None, labels=None, return_steps: bool = False):
@@ -85,7 +86,8 @@ class SPR(nn.Module):
 # %% ../nbs/21_spr.ipynb #bc5fa1ef
 def pseudo_mask(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 0.2) -> torch.Tensor:
     "Binary pseudo mask B×(C+1)×H×W: score > θ = max(cutoff × the image's maximum over pixels and classes, cutoff_low), one class only."
-    _check_tensor(refined, "refined", "B×(C+1)×H×W"); check_num(cutoff, "cutoff", 0, 1); check_num(cutoff_low, "cutoff_low", 0, 1)
+    check_shape(refined, "refined", "B×(C+1)×H×W")
+    check_num(cutoff, "cutoff", 0, 1); check_num(cutoff_low, "cutoff_low", 0, 1)
     thr = (refined.amax((1, 2, 3), keepdim=True) * cutoff).clamp_min(cutoff_low)
     on = refined > thr
     return (on & (on.sum(1, keepdim=True) == 1)).to(refined.dtype)
@@ -93,7 +95,8 @@ def pseudo_mask(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 
 # %% ../nbs/21_spr.ipynb #0fb764c4
 def pixel_loss(logits: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
     "Class-normalised CE (Eq. 7) of logits B×K×H×W against pseudo labels B×H×W (255 ignored): per image the mean over its classes of each class's mean CE."
-    _check_tensor(logits, "logits", "B×K×H×W"); _check_labels(pseudo, logits)
+    check_shape(logits, "logits", "B×K×H×W")
+    check_label_map(pseudo, "pseudo", (logits.shape[0], *logits.shape[2:]), dtype=torch.long)
     K = logits.shape[1]
     ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE_INDEX, reduction="none")       # 0 where ignored
     valid = pseudo != IGNORE_INDEX
@@ -107,7 +110,9 @@ def pixel_loss(logits: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
 def region_loss(probs: torch.Tensor, pseudo: torch.Tensor, radius: int = 3, margin: float = 3.0,
                 reduction: str = "mean", eps: float = 1e-8) -> torch.Tensor:
     "Region-wise loss (Eq. 8) of probabilities B×K×H×W against pseudo labels B×H×W; `reduction='none'`: the per-centre loss B×H×W."
-    _check_tensor(probs, "probs", "B×K×H×W"); _check_labels(pseudo, probs); check_int(radius, "radius"); check_num(margin, "margin", 0)
+    check_shape(probs, "probs", "B×K×H×W")
+    check_label_map(pseudo, "pseudo", (probs.shape[0], *probs.shape[2:]), dtype=torch.long)
+    check_int(radius, "radius"); check_num(margin, "margin", 0)
     if reduction not in ("mean", "none"): raise ConfigError(f"reduction={reduction!r}: expected 'mean' or 'none'")
     B, K, H, W = probs.shape
     k, logp = 2 * radius + 1, probs.clamp_min(eps).log()
@@ -123,11 +128,6 @@ def region_loss(probs: torch.Tensor, pseudo: torch.Tensor, radius: int = 3, marg
     if reduction == "none": return per.view(B, H, W)
     return per[n > 0].mean() if (n > 0).any() else probs.sum() * 0
 
-def _check_labels(pseudo, x):
-    if not isinstance(pseudo, torch.Tensor) or pseudo.dtype != torch.long or pseudo.shape != (x.shape[0], *x.shape[2:]):
-        raise DataError(f"pseudo: expected a long B×H×W label map of shape {(x.shape[0], *x.shape[2:])}, got "
-                        f"{f'{tuple(pseudo.shape)} {pseudo.dtype}' if isinstance(pseudo, torch.Tensor) else type(pseudo).__name__}")
-
 def region_weight(epoch: int, start: int = 0, ramp: int = 6) -> float:
     "λ of Eq. 9: 0 at epoch `start`, rising linearly to 1 at `start + ramp` (1 from `start` on when ramp = 0)."
     if epoch < start: return 0.
@@ -137,22 +137,12 @@ def region_weight(epoch: int, start: int = 0, ramp: int = 6) -> float:
 PAPER_RUN = dict(optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=1e-4, schedule="poly", poly_power=0.9)
 BOUNDARY_RATIO = 0.05   # boundary IoU distance: 5 % of the image diagonal (Sec. 4.2.4)
 
-def _nearest(labels: torch.Tensor, size) -> torch.Tensor:
-    "A B×H×W label map sampled at the cell centres of a `size` grid."
-    if tuple(labels.shape[-2:]) == tuple(size): return labels
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].long()
-
-@register_method("shape")
-class ShapeCues(Method):
+class ShapeCues(NGWPSegmenter):
     "Kho, Lee et al.: DeepLabV3-style net with SCM shape cues, nGWP classification, SPR pseudo masks, pixel + region losses."
-    image_labels = True
+    name = "shape"
     @dataclass
-    class Config:
-        aspp_channels: int = 128          # network width (paper: WideResNet-38 DeepLabV3, widths unstated)
-        decoder_channels: int = 128
-        skip_proj: int = 48
-        aspp_dropout: float = 0.5
-        decoder_dropout: tuple[float, ...] = (0.5, 0.1)
+    class Config(NGWPSegmenter.Config):
+        focal_penalty: bool = False       # SSSS's focal mask penalty (not in the paper)
         scm: bool = True                  # Table 5: shape cue module on/off
         scm_channels: int = 64            # shape-cue channels concatenated into the decoder
         scm_source: typing.Literal["image", "features"] = "image"   # what self-information is measured on
@@ -162,93 +152,71 @@ class ShapeCues(Method):
         scm_patch: int = 3                # patch size
         scm_tau: float = 0.5              # τ, Boltzmann temperature (Eq. 4)
         scm_drop_rate: float = 1.5        # ρ, draws per position (InfoDrop's rate)
-        ngwp_eps: float = 1.0             # ε of Eq. 1
-        focal_penalty: bool = False       # SSSS's focal mask penalty (not in the paper)
-        focal_p: float = 3.0
-        focal_lambda: float = 0.01
         spr_alpha: float = 0.8            # Table 5/6: α of Eq. 5; 1.0 = PAMR (colour only), 0.0 = class only
         spr_iter: int = 10                # T (0: no refinement)
         spr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)   # R2
         spr_scores: typing.Literal["probs", "logits"] = "probs"   # s of Eq. 5: masks M, or score maps (background ≡ 1)
         spr_resolution: typing.Literal["image", "features"] = "image"
-        cutoff: float = 0.6               # θ = cutoff × max score
-        cutoff_low: float = 0.2           # lower bound of θ
+        cutoff: float = 0.6               # θ = cutoff × max score (lower bound: cutoff_low)
         pixel_loss: bool = True           # Table 8: pixel-wise loss (Eq. 7)
         region_loss: bool = True          # Table 8: region-wise loss (Eq. 8)
         region_radius: int = 3            # R3
         region_margin: float = 3.0        # γ
         region_ramp_epochs: int = 6       # λ of Eq. 9 rises 0 → 1 over these epochs after pretraining
-        pretrain_epochs: int = 3          # classification only for these epochs
 
         def __post_init__(self):
-            for k in ("aspp_channels", "decoder_channels", "skip_proj", "scm_channels", "scm_radius", "scm_samples",
-                      "scm_patch", "region_radius"):
+            super().__post_init__()
+            for k in ("scm_channels", "scm_radius", "scm_samples", "scm_patch", "region_radius"):
                 check_int(getattr(self, k), k)
-            for k in ("spr_iter", "pretrain_epochs", "region_ramp_epochs"):
-                check_int(getattr(self, k), k, 0)
-            check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
-            if len(self.decoder_dropout) != 2:
-                raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities")
-            for v in self.decoder_dropout: check_num(v, "decoder_dropout", 0, 1, hi_open=True)
+            for k in ("spr_iter", "region_ramp_epochs"): check_int(getattr(self, k), k, 0)
             for k in ("scm_bandwidth", "scm_tau"): check_num(getattr(self, k), k, 0, lo_open=True)
             if self.scm_patch % 2 == 0: raise ConfigError(f"scm_patch={self.scm_patch}: expected an odd window size")
             if self.scm_samples > 2 * self.scm_radius * (self.scm_radius + 1):
                 raise ConfigError(f"scm_samples={self.scm_samples}: more than the {2 * self.scm_radius * (self.scm_radius + 1)} "
                                   f"offsets within scm_radius={self.scm_radius}")
-            check_num(self.scm_drop_rate, "scm_drop_rate", 0); check_num(self.ngwp_eps, "ngwp_eps", 0)
-            check_num(self.focal_p, "focal_p", 0); check_num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
-            check_num(self.spr_alpha, "spr_alpha", 0, 1); check_num(self.region_margin, "region_margin", 0)
-            for k in ("cutoff", "cutoff_low"): check_num(getattr(self, k), k, 0, 1)
+            check_num(self.scm_drop_rate, "scm_drop_rate", 0); check_num(self.spr_alpha, "spr_alpha", 0, 1)
+            check_num(self.region_margin, "region_margin", 0); check_num(self.cutoff, "cutoff", 0, 1)
             try: check_dilations(self.spr_dilations)
             except ConfigError: raise ConfigError(f"spr_dilations={self.spr_dilations!r}: expected a non-empty sequence of positive ints") from None
 
-    def __init__(self, num_classes, cfg=None, backbone=None):
-        super().__init__(num_classes, cfg, backbone)
-        c, ch = self.cfg, self.backbone.channels
-        self.aspp = ASPP(ch["deep"], c.aspp_channels, rates=aspp_rates(self.backbone.strides["deep"]), dropout=c.aspp_dropout)
-        self.skip = conv_bn_relu(ch["shallow"], c.skip_proj, 1)
+    def build_decoder(self, channels: dict):
+        c = self.cfg
+        self.skip = conv_bn_relu(channels["shallow"], c.skip_proj, 1)
         self.fuse = conv_bn_relu(c.aspp_channels + c.skip_proj, c.decoder_channels, 3)
         if c.scm:
-            self.scm = SCM(ch["shallow"], c.scm_channels, c.scm_radius, c.scm_samples, c.scm_bandwidth, c.scm_patch,
-                           c.scm_tau, c.scm_drop_rate)
+            self.scm = SCM(channels["shallow"], c.scm_channels, c.scm_radius, c.scm_samples, c.scm_bandwidth,
+                           c.scm_patch, c.scm_tau, c.scm_drop_rate)
         self.merge = conv_bn_relu(c.decoder_channels + (c.scm_channels if c.scm else 0), c.decoder_channels, 3)
-        self.head = nn.Sequential(nn.Dropout(c.decoder_dropout[0]), conv_bn_relu(c.decoder_channels, c.decoder_channels, 3),
-                                  nn.Dropout(c.decoder_dropout[1]), nn.Conv2d(c.decoder_channels, num_classes - 1, 1))
 
     def information(self, image: torch.Tensor) -> torch.Tensor:
         "Self-information of the (normalised) image, B×H×W: sampled neighbours in training, all of them in evaluation."
         s = self.scm
         return self_information(image, s.radius, s.n_samples if self.training else None, s.bandwidth, s.patch)
 
-    def forward(self, batch: dict) -> dict:
-        "dict(logits=B×C class scores v, cams=B×C×h×w score maps s, masks=B×(C+1)×h×w softmax M, features=dict)."
-        c, img = self.cfg, batch["image"]
-        f = self.backbone(img)
-        deep, shallow = self.aspp(f["deep"]), f["shallow"]
+    def decode(self, deep, features, image):
+        "Skip fusion, SCM's shape cues concatenated, merge; the intermediate maps as out['features']."
+        c, shallow = self.cfg, features["shallow"]
         s = self.skip(shallow)
-        x = self.fuse(torch.cat([upsample(deep, s.shape[-2:]), s], 1))
-        feats = dict(encoder=f["deep"], decoder=x)
+        x = self.fuse(torch.cat([resize(deep, s.shape[-2:]), s], 1))
+        feats = dict(encoder=features["deep"], decoder=x)
         if c.scm:
-            cues = self.scm(shallow, self.information(img) if c.scm_source == "image" else None)
+            cues = self.scm(shallow, self.information(image) if c.scm_source == "image" else None)
             x, feats["scm"] = torch.cat([x, cues], 1), cues
         x = self.merge(x); feats["merged"] = x
-        cams = self.head(x)
-        scores, masks = class_scores(cams, c.focal_p, c.focal_lambda, c.ngwp_eps, "ngwp", penalty=c.focal_penalty)
-        return dict(logits=scores, cams=cams, masks=masks, features=feats)
+        return x, dict(features=feats)
 
-    @torch.no_grad()
-    def pseudo_supervision(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor) -> dict:
-        "Cleaned masks, their SPR refinement and the binary pseudo mask, all B×(C+1)×H×W at the image's size."
-        c, size = self.cfg, image_raw.shape[-2:]
-        masks = clean_masks(out["masks"].detach(), labels)
-        scores = (torch.cat([torch.ones_like(out["cams"][:, :1]), out["cams"]], 1).detach()
-                  if c.spr_scores == "logits" else masks)
-        img = image_raw if c.spr_resolution == "image" else _resize_ac(image_raw, masks.shape[-2:])
-        if c.spr_iter == 0: refined = _resize_ac(masks, img.shape[-2:])
+    def refine(self, image_raw, masks, out, labels):
+        "SPR (PAMR at α = 1) of the cleaned masks, with the masks or the score maps as its class scores."
+        c = self.cfg
+        scores = with_background(out["cams"]).detach() if c.spr_scores == "logits" else masks
+        img = image_raw if c.spr_resolution == "image" else resize(image_raw, masks.shape[-2:], align_corners=True)
+        if c.spr_iter == 0: refined = resize(masks, img.shape[-2:], align_corners=True)
         elif c.spr_alpha == 1: refined = pamr(img, masks, c.spr_iter, tuple(c.spr_dilations), labels)
         else: refined = spr(img, masks, scores, c.spr_alpha, c.spr_iter, tuple(c.spr_dilations), labels)
-        refined = _resize_ac(refined, size)
-        return dict(masks=_resize_ac(masks, size), refined=refined, pseudo_gt=pseudo_mask(refined, c.cutoff, c.cutoff_low))
+        return resize(refined, image_raw.shape[-2:], align_corners=True)
+
+    def threshold(self, refined):
+        return pseudo_mask(refined, self.cfg.cutoff, self.cfg.cutoff_low)
 
     def losses(self, batch: dict, out: dict, epoch: int) -> dict:
         "cls (Eq. 2); after `pretrain_epochs` also pixel (Eq. 7) and region (Eq. 8), mask = pixel + λ·region (Eq. 9); total (Eq. 10)."
@@ -259,20 +227,12 @@ class ShapeCues(Method):
         if epoch >= c.pretrain_epochs and (c.pixel_loss or c.region_loss):
             pseudo = pseudo_gt_labels(self.pseudo_supervision(batch["image_raw"], out, labels)["pseudo_gt"])
             if c.pixel_loss:
-                seg = torch.cat([torch.ones_like(out["cams"][:, :1]), out["cams"]], 1)
-                t["pixel"] = pixel_loss(_resize_ac(seg, pseudo.shape[-2:]), pseudo)
+                seg = resize(with_background(out["cams"]), pseudo.shape[-2:], align_corners=True)
+                t["pixel"] = pixel_loss(seg, pseudo)
             lam = region_weight(epoch, c.pretrain_epochs, c.region_ramp_epochs)
             if c.region_loss and lam > 0:
-                t["region"] = region_loss(out["masks"], _nearest(pseudo, out["masks"].shape[-2:]), c.region_radius, c.region_margin)
+                centres = resize(pseudo, out["masks"].shape[-2:], "nearest-exact")     # labels at the cell centres
+                t["region"] = region_loss(out["masks"], centres, c.region_radius, c.region_margin)
             t["mask"] = t["pixel"] + lam * t["region"]
         t["total"] = cls + t["mask"]
         return t
-
-    def predict(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        "The masks M at the image's size (B×(C+1)×H×W); absent classes removed when `labels` are given."
-        return mask_absent(_resize_ac(self.forward(dict(image=image))["masks"], image.shape[-2:]), labels)
-
-    @torch.no_grad()
-    def pseudo_labels(self, batch: dict) -> torch.Tensor:
-        "The pseudo mask the mask losses would use now, as B×H×W class indices (255 ignored)."
-        return pseudo_gt_labels(self.pseudo_supervision(batch["image_raw"], self.forward(batch), batch["labels"])["pseudo_gt"])

@@ -4,21 +4,26 @@
 
 # %% ../nbs/12_ssss.ipynb #fdec855a
 from __future__ import annotations
-import math, typing
+import abc, math, typing
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, IGNORE_INDEX, check_int, check_num
-from .heads import ASPP, DeepLabV3PlusDecoder, aspp_rates, conv_bn_relu, _check_tensor
-from .methods import Method, register_method, mask_absent
+from .core import ConfigError, DataError, IGNORE_INDEX, check_int, check_num, check_shape, check_labels, resize
+from .heads import ASPP, DeepLabV3PlusDecoder, aspp_rates, conv_bn_relu
+from .methods import Method, mask_absent
 from .pamr import PAMR
 
 # %% auto #0
-__all__ = ['focal_penalty', 'class_scores', 'pseudo_gtmask', 'pseudo_gt_labels', 'balanced_mask_loss_ce', 'stochastic_gate',
-           'StochasticGate', 'adain', 'GCI', 'clean_masks', 'SSSS', 'coarse_masks']
+__all__ = ['with_background', 'focal_penalty', 'class_scores', 'pseudo_gtmask', 'pseudo_gt_labels', 'balanced_mask_loss_ce',
+           'stochastic_gate', 'StochasticGate', 'adain', 'GCI', 'clean_masks', 'NGWPSegmenter', 'SSSS', 'coarse_masks']
+
+# %% ../nbs/12_ssss.ipynb #270b8f2b
+def with_background(cams: torch.Tensor) -> torch.Tensor:
+    "B×(C+1)×h×w: the constant background score 1 prepended to the score maps B×C×h×w."
+    return torch.cat([torch.ones_like(cams[:, :1]), cams], 1)
 
 # %% ../nbs/12_ssss.ipynb #8f690f19
 def focal_penalty(mbar: torch.Tensor, p: float = 3.0, lam: float = 0.01) -> torch.Tensor:
@@ -28,11 +33,10 @@ def focal_penalty(mbar: torch.Tensor, p: float = 3.0, lam: float = 0.01) -> torc
 def class_scores(logits: torch.Tensor, p: float = 3.0, lam: float = 0.01, eps: float = 1.0,
                  mode: str = "ngwp", penalty: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "Class scores B×C and masks B×(C+1)×h×w from score maps B×C×h×w: nGWP (+ focal penalty), or GAP (`mode='gap'`)."
-    _check_tensor(logits, "logits", "B×C×h×w")
+    check_shape(logits, "logits", "B×C×h×w")
     if mode not in ("ngwp", "gap"): raise ConfigError(f"mode={mode!r}: expected 'ngwp' or 'gap'")
     check_num(p, "p", 0); check_num(lam, "lam", 0, lo_open=True); check_num(eps, "eps", 0)
-    x = torch.cat([torch.ones_like(logits[:, :1]), logits], 1)      # constant background score 1
-    masks = x.softmax(1)
+    masks = with_background(logits).softmax(1)
     if mode == "gap": scores = logits.mean((2, 3))
     else: scores = (masks[:, 1:] * logits).sum((2, 3)) / (eps + masks[:, 1:].sum((2, 3)))
     if penalty if penalty is not None else mode == "ngwp":
@@ -45,7 +49,7 @@ def _in01(v, name): return check_num(v, name, 0, 1)
 def pseudo_gtmask(mask: torch.Tensor, cutoff_top: float = 0.6, cutoff_bg: float = 0.7,
                   cutoff_low: float = 0.2) -> torch.Tensor:
     "Binary pseudo GT B×(C+1)×H×W from masks B×(C+1)×H×W: > cutoff × channel max (floored at `cutoff_low`), conflicts cleared."
-    _check_tensor(mask, "mask", "B×(C+1)×H×W")
+    check_shape(mask, "mask", "B×(C+1)×H×W")
     for v, n in ((cutoff_top, "cutoff_top"), (cutoff_bg, "cutoff_bg"), (cutoff_low, "cutoff_low")): _in01(v, n)
     frac = torch.full_like(mask[0, :, 0, 0], cutoff_top); frac[0] = cutoff_bg
     thr = (mask.amax((2, 3), keepdim=True) * frac[:, None, None]).clamp_min(cutoff_low)
@@ -59,15 +63,13 @@ def pseudo_gt_labels(pseudo_gt: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/12_ssss.ipynb #ca27100a
 def balanced_mask_loss_ce(logits: torch.Tensor, pseudo_gt: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     "Per-image class-balanced CE (B,) of logits B×(C+1)×h×w against binary pseudo GT B×(C+1)×H×W; image labels B×C."
-    _check_tensor(logits, "logits", "B×(C+1)×h×w"); _check_tensor(pseudo_gt, "pseudo_gt", "B×(C+1)×H×W")
+    check_shape(logits, "logits", "B×(C+1)×h×w"); check_shape(pseudo_gt, "pseudo_gt", "B×(C+1)×H×W")
     B, K = pseudo_gt.shape[:2]
     if logits.shape[:2] != (B, K):
         raise DataError(f"logits, pseudo_gt: expected the same batch size and channels, got {tuple(logits.shape)} "
                         f"and {tuple(pseudo_gt.shape)}")
-    if not isinstance(labels, torch.Tensor) or labels.shape != (B, K - 1):
-        raise DataError(f"labels: expected a B×C multi-hot tensor of shape {(B, K - 1)}, got "
-                        f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}")
-    logits = F.interpolate(logits, pseudo_gt.shape[-2:], mode="bilinear", align_corners=True)
+    check_labels(labels, (B, K - 1))
+    logits = resize(logits, pseudo_gt.shape[-2:], align_corners=True)
     n_c = pseudo_gt.sum((2, 3))                                       # B×(C+1) supervised pixels per class
     n = n_c.sum(1, keepdim=True)
     q = (n - n_c) / (1 + n)
@@ -121,8 +123,8 @@ class GCI(nn.Module):
 
     def forward(self, x_deep: torch.Tensor, x_shallow: torch.Tensor) -> torch.Tensor:
         "x_deep B×deep_channels×h×w (any size), x_shallow B×shallow_channels×H×W → B×out_channels×H×W."
-        _check_tensor(x_deep, "x_deep", channels=self.deep_channels)
-        _check_tensor(x_shallow, "x_shallow", channels=self.shallow_channels)
+        check_shape(x_deep, "x_deep", channels=self.deep_channels)
+        check_shape(x_shallow, "x_shallow", channels=self.shallow_channels)
         if x_deep.shape[0] != x_shallow.shape[0]:
             raise DataError(f"x_deep, x_shallow: batch sizes differ ({x_deep.shape[0]} vs {x_shallow.shape[0]})")
         cues = self.cues(x_deep).amax((2, 3))                                # global max pooling → B×2K
@@ -132,31 +134,105 @@ class GCI(nn.Module):
         return f"deep_channels={self.deep_channels}, shallow_channels={self.shallow_channels}, out_channels={self.out_channels}"
 
 # %% ../nbs/12_ssss.ipynb #e1bb1b54
-def _resize_ac(x: torch.Tensor, size) -> torch.Tensor:
-    "Bilinear resize with align_corners=True (as the SSSS code); a no-op at the same size."
-    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-
 def clean_masks(masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     "Zero the foreground channels of B×(C+1)×H×W masks whose class is absent from `labels` (B×C); no renormalisation."
     keep = torch.cat([torch.ones_like(labels[:, :1]), (labels > 0).to(masks.dtype)], 1)
     return masks * keep[..., None, None]
 
-@register_method("ssss")
-class SSSS(Method):
-    "Single-stage WSSS (Araslanov & Roth 2020): nGWP + focal penalty, PAMR pseudo GT, balanced CE, Stochastic Gate + GCI."
+# %% ../nbs/12_ssss.ipynb #3f864438
+class NGWPSegmenter(Method):
+    "Base of `ssss` and `shape`: backbone → ASPP → decoder → head → nGWP scores; pseudo GT from refined masks."
     image_labels = True
     @dataclass
     class Config:
-        aspp_channels: int = 128        # official: 256
-        decoder_channels: int = 128     # official: 256
+        aspp_channels: int = 128        # official SSSS: 256 (the shape-cue paper does not say)
+        decoder_channels: int = 128     # official SSSS: 256
         skip_proj: int = 48
         aspp_dropout: float = 0.5
-        decoder_dropout: tuple[float, ...] = (0.5, 0.1)
-        scores: typing.Literal["ngwp", "gap"] = "ngwp"
+        decoder_dropout: tuple[float, ...] = (0.5, 0.1)   # before the head's 3×3 conv and before its 1×1 classifier
         focal_penalty: bool = True      # False: "removing the mask penalty"
         focal_p: float = 3.0            # Table 1a: 0, 3, 5
         focal_lambda: float = 0.01      # Table 1a: 0.1, 0.01, 0.001
-        ngwp_eps: float = 1.0
+        ngwp_eps: float = 1.0           # ε of nGWP (SSSS Eq. 3, shape cues Eq. 1)
+        cutoff_low: float = 0.2         # floor of the pseudo-GT thresholds
+        pretrain_epochs: int = 3        # classification only for these epochs (paper 5 of 20; benchmark runs ~10)
+
+        def __post_init__(self):
+            for k in ("aspp_channels", "decoder_channels", "skip_proj"): check_int(getattr(self, k), k)
+            check_int(self.pretrain_epochs, "pretrain_epochs", 0)
+            check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
+            if len(self.decoder_dropout) != 2:
+                raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities "
+                                  "(after each 3×3 conv)")
+            for v in self.decoder_dropout: check_num(v, "decoder_dropout", 0, 1, hi_open=True)
+            check_num(self.focal_p, "focal_p", 0); check_num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
+            check_num(self.ngwp_eps, "ngwp_eps", 0); _in01(self.cutoff_low, "cutoff_low")
+
+    def __init__(self, num_classes, cfg=None, backbone=None):
+        super().__init__(num_classes, cfg, backbone)
+        c, ch, k = self.cfg, self.backbone.channels, self.cfg.decoder_channels
+        rates = aspp_rates(self.backbone.strides["deep"])
+        self.aspp = ASPP(ch["deep"], c.aspp_channels, rates=rates, dropout=c.aspp_dropout)
+        self.build_decoder(ch)
+        self.head = nn.Sequential(nn.Dropout(c.decoder_dropout[0]), conv_bn_relu(k, k, 3),
+                                  nn.Dropout(c.decoder_dropout[1]), nn.Conv2d(k, num_classes - 1, 1))
+
+    @abc.abstractmethod
+    def build_decoder(self, channels: dict):
+        "Create the layers between the ASPP and the head from the backbone's `channels` (shallow, deep)."
+
+    @abc.abstractmethod
+    def decode(self, deep: torch.Tensor, features: dict, image: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        "B×decoder_channels×h×w for the head from the ASPP output and the backbone's features; plus extra outputs."
+
+    @abc.abstractmethod
+    def refine(self, image_raw: torch.Tensor, masks: torch.Tensor, out: dict, labels: torch.Tensor) -> torch.Tensor:
+        "The paper's refinement of the cleaned masks B×(C+1)×h×w, B×(C+1)×H×W at the image's size."
+
+    @abc.abstractmethod
+    def threshold(self, refined: torch.Tensor) -> torch.Tensor:
+        "The binary pseudo GT B×(C+1)×H×W of refined masks."
+
+    def scores(self, cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "Class scores B×C (nGWP, + the focal penalty when `focal_penalty`) and masks B×(C+1)×h×w of the score maps."
+        c = self.cfg
+        return class_scores(cams, c.focal_p, c.focal_lambda, c.ngwp_eps, "ngwp", penalty=c.focal_penalty)
+
+    def forward(self, batch: dict) -> dict:
+        "dict(logits=B×C class scores, cams=B×C×h×w score maps, masks=B×(C+1)×h×w softmax with the background, ...)."
+        image = batch["image"]
+        f = self.backbone(image)
+        x, extra = self.decode(self.aspp(f["deep"]), f, image)
+        cams = self.head(x)
+        scores, masks = self.scores(cams)
+        return dict(logits=scores, cams=cams, masks=masks, **extra)
+
+    @torch.no_grad()
+    def pseudo_supervision(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor) -> dict:
+        "Cleaned masks, their refinement and the binary pseudo GT, all B×(C+1)×H×W at the image's size."
+        masks = clean_masks(out["masks"].detach(), labels)
+        refined = self.refine(image_raw, masks, out, labels)
+        return dict(masks=resize(masks, image_raw.shape[-2:], align_corners=True), refined=refined,
+                    pseudo_gt=self.threshold(refined))
+
+    def predict(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        "The masks at the image's size (B×(C+1)×H×W); absent classes removed when `labels` are given."
+        masks = self.forward(dict(image=image))["masks"]
+        return mask_absent(resize(masks, image.shape[-2:], align_corners=True), labels)
+
+    @torch.no_grad()
+    def pseudo_labels(self, batch: dict) -> torch.Tensor:
+        "The pseudo GT the mask loss would use now, as B×H×W class indices (255 ignored)."
+        out = self.forward(batch)
+        return pseudo_gt_labels(self.pseudo_supervision(batch["image_raw"], out, batch["labels"])["pseudo_gt"])
+
+# %% ../nbs/12_ssss.ipynb #eced63c1
+class SSSS(NGWPSegmenter):
+    "Single-stage WSSS (Araslanov & Roth 2020): nGWP + focal penalty, PAMR pseudo GT, balanced CE, SG + GCI."
+    name = "ssss"
+    @dataclass
+    class Config(NGWPSegmenter.Config):
+        scores: typing.Literal["ngwp", "gap"] = "ngwp"
         pamr: bool = True               # False: Table 1b "no refinement"
         pamr_iter: int = 10             # supplement Table 7: 5, 10, 15
         pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)   # Table 1b
@@ -167,65 +243,56 @@ class SSSS(Method):
         deterministic_gate: bool = False  # Table 1c "Deterministic Gate"
         cutoff_top: float = 0.6
         cutoff_bg: float = 0.7
-        cutoff_low: float = 0.2
         seg_weight: float = 1.0         # weight of the segmentation loss (code: MASK_LOSS_BCE = 1)
-        pretrain_epochs: int = 3        # classification only for these epochs (paper 5 of 20; benchmark runs ~10)
 
         def __post_init__(self):
-            for k in ("aspp_channels", "decoder_channels", "skip_proj", "pamr_iter"):
-                check_int(getattr(self, k), k)
-            check_int(self.pretrain_epochs, "pretrain_epochs", 0)
-            check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
-            if len(self.decoder_dropout) != 2:
-                raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities (after each 3×3 conv)")
-            for v in self.decoder_dropout: check_num(v, "decoder_dropout", 0, 1, hi_open=True)
-            check_num(self.focal_p, "focal_p", 0); check_num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
-            check_num(self.ngwp_eps, "ngwp_eps", 0); check_num(self.sg_psi, "sg_psi", 0, 1, hi_open=True)
+            super().__post_init__()
+            check_int(self.pamr_iter, "pamr_iter"); check_num(self.sg_psi, "sg_psi", 0, 1, hi_open=True)
             check_num(self.seg_weight, "seg_weight", 0)
-            for k in ("cutoff_top", "cutoff_bg", "cutoff_low"): _in01(getattr(self, k), k)
+            for k in ("cutoff_top", "cutoff_bg"): _in01(getattr(self, k), k)
             d = self.pamr_dilations
             if not d or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in d):
                 raise ConfigError(f"pamr_dilations={d!r}: expected a non-empty sequence of positive integers")
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
-        c, ch = self.cfg, self.backbone.channels
-        self.aspp = ASPP(ch["deep"], c.aspp_channels, rates=aspp_rates(self.backbone.strides["deep"]), dropout=c.aspp_dropout)
-        self.decoder = DeepLabV3PlusDecoder(c.aspp_channels, ch["shallow"], c.skip_proj, c.decoder_channels)
-        if c.sg:
-            self.shallow = (GCI(c.decoder_channels, ch["shallow"], c.decoder_channels) if c.gci
-                            else conv_bn_relu(ch["shallow"], c.decoder_channels, 1))
-            self.gate = StochasticGate(c.sg_psi, c.deterministic_gate)
-        self.head = nn.Sequential(nn.Dropout(c.decoder_dropout[0]), conv_bn_relu(c.decoder_channels, c.decoder_channels, 3),
-                                  nn.Dropout(c.decoder_dropout[1]), nn.Conv2d(c.decoder_channels, num_classes - 1, 1))
-        self.pamr = PAMR(c.pamr_iter, tuple(c.pamr_dilations)) if c.pamr else None
+        self.pamr = PAMR(self.cfg.pamr_iter, tuple(self.cfg.pamr_dilations)) if self.cfg.pamr else None
 
-    def forward(self, batch: dict) -> dict:
-        "dict(logits=B×C class scores, cams=B×C×h×w score maps y, masks=B×(C+1)×h×w softmax with the background)."
+    def build_decoder(self, channels: dict):
         c = self.cfg
-        f = self.backbone(batch["image"])
-        deep, shallow = self.aspp(f["deep"]), f["shallow"]
+        self.decoder = DeepLabV3PlusDecoder(c.aspp_channels, channels["shallow"], c.skip_proj, c.decoder_channels)
+        if c.sg:
+            self.shallow = (GCI(c.decoder_channels, channels["shallow"], c.decoder_channels) if c.gci
+                            else conv_bn_relu(channels["shallow"], c.decoder_channels, 1))
+            self.gate = StochasticGate(c.sg_psi, c.deterministic_gate)
+
+    def decode(self, deep, features, image):
+        "The decoder's first 3×3 CBR gives x_d, the gate mixes it with GCI's x_s, the second CBR follows."
+        shallow = features["shallow"]
         s = self.decoder.skip(shallow)
         x = self.decoder.fuse[0](torch.cat([self.decoder.upsample(deep, s), s], 1))       # x_d
-        if c.sg:
-            xs = self.shallow(x, shallow) if c.gci else self.shallow(shallow)
+        if self.cfg.sg:
+            xs = self.shallow(x, shallow) if self.cfg.gci else self.shallow(shallow)
             x = self.gate(x, xs)
-        cams = self.head(self.decoder.fuse[1](x))
-        scores, masks = class_scores(cams, c.focal_p, c.focal_lambda, c.ngwp_eps, c.scores,
-                                     penalty=c.focal_penalty if c.scores == "ngwp" else False)
-        return dict(logits=scores, cams=cams, masks=masks)
+        return self.decoder.fuse[1](x), {}
 
-    @torch.no_grad()
-    def pseudo_supervision(self, image_raw: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> dict:
-        "Cleaned masks, their PAMR refinement and the binary pseudo GT, all B×(C+1)×H×W at the image's size."
-        c, size = self.cfg, image_raw.shape[-2:]
-        masks = clean_masks(masks.detach(), labels)
-        up = _resize_ac(masks, size)
-        if self.pamr is None: refined = up
-        elif c.pamr_resolution == "image": refined = self.pamr(image_raw, masks, labels)   # labels: skip absent channels
-        else: refined = _resize_ac(self.pamr(_resize_ac(image_raw, masks.shape[-2:]), masks, labels), size)
-        return dict(masks=up, refined=refined,
-                    pseudo_gt=pseudo_gtmask(refined, c.cutoff_top, c.cutoff_bg, c.cutoff_low))
+    def scores(self, cams):
+        c = self.cfg
+        return class_scores(cams, c.focal_p, c.focal_lambda, c.ngwp_eps, c.scores,
+                            penalty=c.focal_penalty if c.scores == "ngwp" else False)
+
+    def refine(self, image_raw, masks, out, labels):
+        "PAMR at the image's resolution, or on the masks' grid with the image downsampled (`pamr_resolution`)."
+        size = image_raw.shape[-2:]
+        if self.pamr is None: return resize(masks, size, align_corners=True)
+        if self.cfg.pamr_resolution == "image":
+            return self.pamr(image_raw, masks, labels)                                # labels: skip absent channels
+        small = resize(image_raw, masks.shape[-2:], align_corners=True)
+        return resize(self.pamr(small, masks, labels), size, align_corners=True)
+
+    def threshold(self, refined):
+        c = self.cfg
+        return pseudo_gtmask(refined, c.cutoff_top, c.cutoff_bg, c.cutoff_low)
 
     def losses(self, batch: dict, out: dict, epoch: int) -> dict:
         "cls (soft margin on the class scores); after `pretrain_epochs` also seg (balanced CE on PAMR pseudo GT)."
@@ -233,21 +300,9 @@ class SSSS(Method):
         cls = F.multilabel_soft_margin_loss(out["logits"], labels)
         if epoch < self.cfg.pretrain_epochs:
             return dict(cls=cls, seg=torch.zeros_like(cls), total=cls)
-        pgt = self.pseudo_supervision(batch["image_raw"], out["masks"], labels)["pseudo_gt"]
-        logits = torch.cat([torch.ones_like(out["cams"][:, :1]), out["cams"]], 1)
-        seg = balanced_mask_loss_ce(logits, pgt, labels).mean()
+        pgt = self.pseudo_supervision(batch["image_raw"], out, labels)["pseudo_gt"]
+        seg = balanced_mask_loss_ce(with_background(out["cams"]), pgt, labels).mean()
         return dict(cls=cls, seg=seg, total=cls + self.cfg.seg_weight * seg)
-
-    def predict(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        "The segmentation masks at the image's size (B×(C+1)×H×W); absent classes removed when `labels` are given."
-        masks = self.forward(dict(image=image))["masks"]
-        return mask_absent(_resize_ac(masks, image.shape[-2:]), labels)
-
-    @torch.no_grad()
-    def pseudo_labels(self, batch: dict) -> torch.Tensor:
-        "The pseudo GT the segmentation loss would use now, as B×H×W class indices (255 ignored)."
-        out = self.forward(batch)
-        return pseudo_gt_labels(self.pseudo_supervision(batch["image_raw"], out["masks"], batch["labels"])["pseudo_gt"])
 
 # %% ../nbs/12_ssss.ipynb #e198ca3e
 def coarse_masks(mask: torch.Tensor, num_classes: int, stride: int = 16, noise: float = 0.7, out_stride: int = 4,
@@ -256,9 +311,8 @@ def coarse_masks(mask: torch.Tensor, num_classes: int, stride: int = 16, noise: 
     m = mask.clone(); m[m == IGNORE_INDEX] = 0
     onehot = F.one_hot(m, num_classes).permute(0, 3, 1, 2).float()
     H, W = mask.shape[-2:]
-    pooled = F.interpolate(F.avg_pool2d(onehot, stride, ceil_mode=True), (H // out_stride, W // out_stride),
-                           mode="bilinear", align_corners=False)
+    pooled = resize(F.avg_pool2d(onehot, stride, ceil_mode=True), (H // out_stride, W // out_stride))
     rnd = torch.rand(*pooled.shape[:2], max(1, pooled.shape[2] // 4), max(1, pooled.shape[3] // 4), generator=generator)
-    rnd = F.interpolate(rnd, pooled.shape[-2:], mode="bilinear", align_corners=False)      # smooth blobs of noise
+    rnd = resize(rnd, pooled.shape[-2:])                                                  # smooth blobs of noise
     m = (1 - noise) * pooled + noise * rnd / rnd.sum(1, keepdim=True)
     return m / m.sum(1, keepdim=True)

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .core import ConfigError, atomic_write_json, atomic_write_text, check_int
-from .data import save_mask
+from .core import ConfigError, atomic_write_json, atomic_write_text, check_int, resize
+from .data import save_mask, read_classes
 
 # %% auto #0
 __all__ = ['SPLITS', 'FORMAT_VERSION', 'STYLES', 'PALETTE', 'CLASS_APPEARANCE', 'CLASSES', 'BenchmarkKnobs', 'unit_shape',
@@ -196,15 +196,13 @@ def _textures() -> tuple:
         out.append(Image.fromarray(np.clip((t - lo)/(hi - lo), 0, 1).astype(np.float32), mode="F"))
     return tuple(out)
 
-def _resize(a, size):
-    return np.asarray(Image.fromarray(np.ascontiguousarray(a, np.float32), mode="F").resize((size, size), Image.BILINEAR))
-
 def _smooth_noise(rng, size, octaves=4, coarse=4):
     "Multi-octave smoothed noise in [0, 1]: octave k is white noise on a (coarse·2^k)² grid, Gaussian-smoothed, resized."
     t = np.zeros((size, size), np.float32)
     for k in range(octaves):
         n = min(coarse * 2**k, size)
-        t += 0.55**k * _resize(ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 0.7, mode="wrap"), size)
+        noise = ndimage.gaussian_filter(rng.standard_normal((n, n)).astype(np.float32), 0.7, mode="wrap")
+        t += 0.55**k * resize(noise, size)
     return (t - t.min()) / (t.max() - t.min() + 1e-6)
 
 def _muted_pair(rng, contrast):
@@ -401,7 +399,6 @@ def _swap_in(new: Path, root: Path):
 # %% ../nbs/02_synthetic.ipynb #2ecf2c33
 def benchmark_stats(root) -> pd.DataFrame:
     "Per split and class: images, instances, mean instance area fraction, pixel fraction (+ background and void rows)."
-    from wsss_nb.data import read_classes
     root = Path(root); classes = read_classes(root)
     rows = []
     for split in SPLITS:

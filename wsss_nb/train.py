@@ -16,9 +16,9 @@ from .core import (ConfigError, CheckpointError, DataError, WSSSError, get_devic
                           to_dict, config_hash, atomic_write_json, atomic_torch_save, atomic_open, check_int, check_num)
 from .data import VOCDataset, collate, train_transform
 from .metrics import SegEvaluator
-from .methods import METHODS, BackboneConfig, build_method, method_config
+from .methods import BackboneConfig
+from .zoo import METHODS, build_method, method_config
 from .hfpl import ISLConfig, FSLConfig, with_hfpl
-import wsss_nb.cam, wsss_nb.ssss, wsss_nb.spr, wsss_nb.bap, wsss_nb.nal  # registers the methods: every method notebook is imported here  # noqa: F401
 
 # %% auto #0
 __all__ = ['RunConfig', 'data_fingerprint', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'setup_training',
@@ -155,9 +155,8 @@ def make_datasets(cfg: RunConfig, train_options: dict | None = None):
     return tr, va
 
 def setup_training(model, cfg: RunConfig, run_dir) -> dict:
-    "The method's extra training-data options (`model.setup_training(cfg, run_dir)`, `{}` without the hook)."
-    hook = getattr(model, "setup_training", None)
-    opts = hook(cfg, Path(run_dir)) if hook is not None else {}
+    "The method's extra training-data options: `model.setup_training(cfg, run_dir)` (`Method`'s default: `{}`)."
+    opts = model.setup_training(cfg, Path(run_dir))
     if not isinstance(opts, dict): raise ConfigError(f"{type(model).__name__}.setup_training: expected a dict of VOCDataset options, got {type(opts).__name__}")
     return opts
 
