@@ -57,8 +57,7 @@ def test_every_notebook_exports_a_module_that_exists():
 import ast, dataclasses, subprocess, sys
 
 PKG = ROOT / "wsss_nb"
-LAZY_IMPORTS_OK = {"cli",      # the top layer: imports lazily for start-up speed (still downward)
-                   "tables"}   # its deferred BANA import moves to the top in the tables step of issue 15; then drop it
+LAZY_IMPORTS_OK = {"cli"}     # the top layer: imports lazily for start-up speed (still downward)
 
 
 def _notebook_of(path: Path) -> tuple[int, str]:

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--force", action="store_true", help="write over a non-empty export folder (never into a dataset)")
     i.add_argument("--probs", action="store_true", help="also export probability maps (.npy, float16)")
     i.set_defaults(func=lambda a: cmd_eval(a, export=a.export))
-    bn = sub.add_parser("bench", help="run a speed benchmark", description="Speed benchmarks (notebook 90_bench).")
+    bn = sub.add_parser("bench", help="run a speed benchmark", description="Speed benchmarks (notebook 65_bench).")
     bn.add_argument("name", choices=["pamr", "fsl"], help="what to benchmark")
     bn.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
     bn.set_defaults(func=cmd_bench)

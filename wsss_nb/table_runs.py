@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 import wsss_nb
 from .core import ConfigError, DataError, WSSSError, atomic_write_json, atomic_write_text, config_hash
-from .nal import bana_config, stage1_config, stage3_config
+from .bana import bana_config, stage1_config, stage3_config
 from .tables import PAPERS, TableSpec, as_percent, md_table, summarize, table_markdown, table_points
 from .train import run_config, run_dir
 
