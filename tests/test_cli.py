@@ -64,7 +64,9 @@ def one_line_error(r, needle, code=2):
 def trained(tmp_path_factory):
     "A tiny benchmark and a one-epoch run trained with a *relative* data_root from the benchmark's parent folder."
     home = tmp_path_factory.mktemp("cli")
-    assert run_in(home, "make-data", "--root", "bench", "--n-train", "4", "--n-val", "2", "--size", "48").returncode == 0
+    assert (
+        run_in(home, "make-data", "--root", "bench", "--n-train", "4", "--n-val", "2", "--size", "48").returncode == 0
+    )
     r = run_in(home, "train", *sets(*TINY, "data_root=bench", "out_dir=runs"))
     assert r.returncode == 0, r.stderr
     (run,) = (home / "runs").iterdir()
@@ -96,7 +98,9 @@ def test_infer_never_writes_into_a_dataset_or_over_a_folder(trained, tmp_path):
     for force in ((), ("--force",)):
         one_line_error(run("infer", "--run", str(run_dir), "--export", str(gt), *force), "inside the dataset root")
     assert {p.name: p.read_bytes() for p in gt.iterdir()} == before
-    out = tmp_path / "pred"; out.mkdir(); (out / "mine.txt").write_text("keep")
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
     one_line_error(run("infer", "--run", str(run_dir), "--export", str(out)), "folder is not empty")
     r = run("infer", "--run", str(run_dir), "--export", str(out), "--force")
     assert r.returncode == 0, r.stderr
@@ -104,7 +108,8 @@ def test_infer_never_writes_into_a_dataset_or_over_a_folder(trained, tmp_path):
 
 
 def test_eval_on_a_damaged_run_names_the_file(trained, tmp_path):
-    bad = tmp_path / "run"; shutil.copytree(trained[1], bad)
+    bad = tmp_path / "run"
+    shutil.copytree(trained[1], bad)
     (bad / "config.json").write_text("[1, 2]")
     one_line_error(run("eval", "--run", str(bad)), "config.json: expected a json object of RunConfig fields")
 
@@ -121,7 +126,9 @@ def test_train_rejects_bad_numbers(trained, kv, needle):
     one_line_error(run("train", *sets(*TINY, f"data_root={trained[0] / 'bench'}", kv)), needle)
 
 
-@pytest.mark.parametrize("body,needle", [("[1]", "got list"), ('"cam"', "got str"), ("3", "got int"), ("{", "not a readable json")])
+@pytest.mark.parametrize(
+    "body,needle", [("[1]", "got list"), ('"cam"', "got str"), ("3", "got int"), ("{", "not a readable json")]
+)
 def test_train_config_file_must_be_an_object(tmp_path, body, needle):
     (tmp_path / "c.json").write_text(body)
     one_line_error(run("train", "--config", str(tmp_path / "c.json")), needle)
@@ -138,8 +145,10 @@ def test_bench_rejects_zero_repeats():
 
 
 def test_make_data_keeps_a_folder_with_an_unreadable_description(tmp_path):
-    root = tmp_path / "mine"; root.mkdir()
-    (root / "benchmark.json").write_text("{not json"); (root / "notes.txt").write_text("mine")
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "benchmark.json").write_text("{not json")
+    (root / "notes.txt").write_text("mine")
     r = run("make-data", "--root", str(root), "--n-train", "2", "--n-val", "1", "--size", "48")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "benchmark.json" in r.stderr, r.stderr
     assert (root / "notes.txt").read_text() == "mine" and (root / "benchmark.json").read_text() == "{not json"
@@ -147,8 +156,18 @@ def test_make_data_keeps_a_folder_with_an_unreadable_description(tmp_path):
 
 def test_tables_exit_nonzero_when_a_point_fails(tmp_path):
     "A table whose points fail exits 1 (run_table keeps finished values: tests/test_tables.py)."
-    out = tmp_path / "tables"; (out / "results").mkdir(parents=True)
-    r = run("tables", "ssss_t9", "--data-root", str(tmp_path / "nonexistent"), "--runs", str(tmp_path / "rt"), "--out", str(out))
+    out = tmp_path / "tables"
+    (out / "results").mkdir(parents=True)
+    r = run(
+        "tables",
+        "ssss_t9",
+        "--data-root",
+        str(tmp_path / "nonexistent"),
+        "--runs",
+        str(tmp_path / "rt"),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 1 and "failed" in r.stderr and "Traceback" not in r.stderr, (r.stdout, r.stderr)
 
 

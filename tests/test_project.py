@@ -94,7 +94,8 @@ def _modules():
 
 def test_imports_go_down_the_notebook_layers():
     "Every import of a wsss_nb module (module- or function-level) goes to a lower-numbered notebook: no cycle."
-    mods = _modules(); layer = {m: _notebook_of(p) for m, p in mods.items()}
+    mods = _modules()
+    layer = {m: _notebook_of(p) for m, p in mods.items()}
     graph = {m: {t for t, _, _ in _imports(p)} for m, p in mods.items()}
     for m, targets in graph.items():
         for t in targets:
@@ -174,11 +175,16 @@ def test_run_keys_unchanged():
     from wsss_nb.bana import bana_config, pseudo_dir, stage1_config, stage3_config
     for m, key in GOLDEN_KEYS.items():
         assert run_config(method=m, data_root=GOLDEN_ROOT).key == key, m
-    assert run_config(method="ssss", data_root=GOLDEN_ROOT, **{"method_cfg.pamr_iter": 5, "method_cfg.sg": False}).key == "574f0eae8a"
+    assert (
+        run_config(method="ssss", data_root=GOLDEN_ROOT, **{"method_cfg.pamr_iter": 5, "method_cfg.sg": False}).key
+        == "574f0eae8a"
+    )
     assert run_config(method="shape", data_root=GOLDEN_ROOT,
                       **{"method_cfg.spr_alpha": 1.0, "method_cfg.region_loss": False}).key == "6ce21f6e2d"
     assert run_config(method="cam", data_root=GOLDEN_ROOT, **{"isl.lam": 0.5}).key == "d5c1658939"
-    assert run_config(method="bana_seg", data_root=GOLDEN_ROOT, **{"method_cfg.pseudo_dir": "/tmp/x"}).key == "d7e4bcb252"
+    assert (
+        run_config(method="bana_seg", data_root=GOLDEN_ROOT, **{"method_cfg.pseudo_dir": "/tmp/x"}).key == "d7e4bcb252"
+    )
     b = bana_config(data_root=GOLDEN_ROOT, out_dir="/nonexistent/wsss-nb-golden-runs")
     assert (stage1_config(b).key, stage3_config(b).key) == ("d1a716ca8f", "6b88597341")
     assert str(pseudo_dir(b)) == "/nonexistent/wsss-nb-golden-runs/pseudo/b00c8ebd95"

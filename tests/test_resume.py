@@ -34,7 +34,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
         time.sleep(0.05)
     time.sleep(0.3)                                               # now inside epoch 2
     assert p.poll() is None, "the run ended before it could be killed"
-    os.kill(p.pid, signal.SIGKILL); p.wait()
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
     assert len(_history(out)) < 3                                 # really interrupted
 
     again = subprocess.run(_cmd(bench, out), capture_output=True, text=True, timeout=600)

@@ -1,6 +1,7 @@
 """A tiny table runs through papermill: a failing point is recorded, the other completes, a re-run reuses the finished one;
 a corrupt results.json is recomputed; a re-run whose points fail leaves a table holding their finished values as it was;
 the papers' tables expand to the same grid points (config, parameters, metric) as before they moved to per-paper notebooks."""
+
 import hashlib, json
 from pathlib import Path
 
@@ -88,11 +89,17 @@ def test_failed_rerun_keeps_the_written_table(tmp_path):
 def test_fresh_unreadable_results_name_the_file(tmp_path):
     """A results.json the experiment notebook wrote but that is not JSON: the point fails with an error naming it."""
     import nbformat
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                                            "language_info": {"name": "python"}})
+
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        }
+    )
     nb.cells = [nbformat.v4.new_code_cell("config = {}\nresults_path = None", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("open(results_path, 'w').write('{\"val\": {\"mIoU\": 0.')")]
-    (tmp_path / "nbs").mkdir(); nbformat.write(nb, tmp_path / "nbs" / "garbage.ipynb")
+    (tmp_path / "nbs").mkdir()
+    nbformat.write(nb, tmp_path / "nbs" / "garbage.ipynb")
     cfg = dict(data_root=str(tmp_path / "data"), out_dir=str(tmp_path / "runs"))
     r = run_point(cfg, "garbage", notebooks=tmp_path / "nbs")
     assert r["status"] == "failed", r

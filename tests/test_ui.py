@@ -14,13 +14,17 @@ NB = ROOT/"nbs"/"60_explore.ipynb"
 SHOTS = ROOT/"tests"/"screenshots"
 RUN_ALL_TIMEOUT = float(os.environ.get("WSSS_UI_TIMEOUT", 1800))   # the notebook trains its runs on first use
 
-with warnings.catch_warnings():      # `slow` is informational here (no pytest config registers it); the env var gates the test
+with (
+    warnings.catch_warnings()
+):  # `slow` is informational here (no pytest config registers it); the env var gates the test
     warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
     slow = pytest.mark.slow
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def _wait(cond, timeout, what, poll=0.5):
     t0 = time.monotonic()
@@ -34,30 +38,55 @@ def _wait(cond, timeout, what, poll=0.5):
 def lab(tmp_path):
     "A JupyterLab server on a free loopback port with a random token, serving nbs/; autosave and news off."
     settings = tmp_path/"settings"
-    for plugin, value in (("@jupyterlab/docmanager-extension/plugin", {"autosave": False}),
-                          ("@jupyterlab/apputils-extension/notification", {"fetchNews": "false", "checkForUpdates": False})):
-        p = settings/f"{plugin}.jupyterlab-settings"; p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps(value))
+    for plugin, value in (
+        ("@jupyterlab/docmanager-extension/plugin", {"autosave": False}),
+        ("@jupyterlab/apputils-extension/notification", {"fetchNews": "false", "checkForUpdates": False}),
+    ):
+        p = settings / f"{plugin}.jupyterlab-settings"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(value))
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path/"ws"),
                JUPYTER_RUNTIME_DIR=str(tmp_path/"rt"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     jupyter = Path(sys.executable).parent/"jupyter"
     before, had_ckpt = NB.read_bytes(), (NB.parent/".ipynb_checkpoints").exists()
     log = open(tmp_path/"lab.log", "w")
-    proc = subprocess.Popen([str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
-                             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={NB.parent}",
-                             "--LabApp.expose_app_in_browser=True", *(["--allow-root"] if os.geteuid() == 0 else [])],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(jupyter),
+            "lab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--port-retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={NB.parent}",
+            "--LabApp.expose_app_in_browser=True",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     def up():
-        try: return urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).status == 200
-        except OSError: return proc.poll() is not None and pytest.fail(f"jupyter lab exited: {(tmp_path/'lab.log').read_text()[-2000:]}")
+        try:
+            return urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2).status == 200
+        except OSError:
+            return proc.poll() is not None and pytest.fail(
+                f"jupyter lab exited: {(tmp_path / 'lab.log').read_text()[-2000:]}"
+            )
+
     try:
         _wait(up, 120, "jupyter lab start")
         yield dict(base=base, token=token, log=tmp_path/"lab.log")
     finally:
         proc.terminate()
-        try: proc.wait(30)
-        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         log.close()
         if NB.read_bytes() != before: NB.write_bytes(before)                    # the test never changes the source
         if not had_ckpt: shutil.rmtree(NB.parent/".ipynb_checkpoints", ignore_errors=True)
@@ -68,7 +97,10 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not (chromium and driver): pytest.fail("chromium and chromedriver not found: `make test-ui` installs them (apt-get install chromium chromium-driver)")
+    if not (chromium and driver):
+        pytest.fail(
+            "chromium and chromedriver not found: `make test-ui` installs them (apt-get install chromium chromium-driver)"
+        )
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,1100"):
@@ -127,7 +159,7 @@ def test_explorers_in_jupyterlab(lab, browser):
     d.save_screenshot(str(SHOTS/"02_ran_all.png"))
 
     for k, (box, title) in enumerate(zip(boxes, titles)):
-        for _ in range(2):                                                  # the notebook lays out lazily: scroll, wait, again
+        for _ in range(2):  # the notebook lays out lazily: scroll, wait, again
             d.execute_script("arguments[0].scrollIntoView({block: 'start', behavior: 'instant'})", box)
             time.sleep(1.0)
         img = _wait(lambda: box.find_element(By.CSS_SELECTOR, "img.wsss-explorer-image"), 30, f"{title}: image")
@@ -140,11 +172,19 @@ def test_explorers_in_jupyterlab(lab, browser):
         at_max = float(handle.get_attribute("aria-valuenow")) >= float(handle.get_attribute("aria-valuemax"))
         t1 = time.monotonic()
         handle.send_keys(Keys.ARROW_LEFT if at_max else Keys.ARROW_RIGHT)
-        after = _wait(lambda: (lambda v: v if v != before and not v.startswith("error") else None)(d.execute_async_script(JS_IMAGE, img)),
-                      30, f"{title}: picture changed after moving the slider", poll=0.1)
+        after = _wait(
+            lambda: (lambda v: v if v != before and not v.startswith("error") else None)(
+                d.execute_async_script(JS_IMAGE, img)
+            ),
+            30,
+            f"{title}: picture changed after moving the slider",
+            poll=0.1,
+        )
         dt = time.monotonic() - t1
         status = box.find_element(By.CSS_SELECTOR, ".wsss-explorer-status").text
-        print(f"{title}: slider {value0} → {readout[0].text if readout else '?'}, new picture after {dt:.2f} s in the browser ({status})")
+        print(
+            f"{title}: slider {value0} → {readout[0].text if readout else '?'}, new picture after {dt:.2f} s in the browser ({status})"
+        )
         assert after != before and "rendered" in status, status
         time.sleep(0.5)                                                     # the new picture painted
         box.screenshot(str(SHOTS/f"{10 + k}_{title.split(' ')[0].lower()}_after.png"))
@@ -169,7 +209,10 @@ def docs_server(tmp_path):
         _wait(up, 30, "http.server start")
         yield base
     finally:
-        proc.terminate(); proc.wait(10); log.close()
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
 
 JS_PAGE = """
 const math = document.querySelectorAll('.MathJax, .MathJax_Display').length;

@@ -184,7 +184,8 @@ def _site_cells(nb) -> dict:
             continue
         lines, opts = cell.source.splitlines(), {}
         while lines and (m := _DIRECTIVE.match(lines[0])):
-            opts[m.group(1)] = m.group(2).lower(); lines.pop(0)
+            opts[m.group(1)] = m.group(2).lower()
+            lines.pop(0)
         cell.source = "\n".join(lines)
         tags = set(cell.metadata.get("tags", []))
         if opts.get("include") == "false": continue
@@ -219,8 +220,9 @@ def render(proc_nb: Path, out: Path, site: dict, link_prefixes: list[str]) -> No
     # nbdev's API links use lower-case anchors (as quarto's ids): lower-case the headings' ids and the in-site links
     body = re.sub(r'(href="[\w.-]*#)([^"]+)"', lambda m: m[1] + m[2].lower() + '"', body)
     seen = {}
-    def heading(m):                                                # duplicates get -1, -2, ... (as pandoc's ids)
-        i = m[2].lower(); n = seen[i] = seen.get(i, -1) + 1
+    def heading(m):  # duplicates get -1, -2, ... (as pandoc's ids)
+        i = m[2].lower()
+        n = seen[i] = seen.get(i, -1) + 1
         new = f'{i}-{n}' if n else i
         link = 'class="anchor-link" href="#{}"'
         return f'<h{m[1]} id="{new}"' + m[3].replace(link.format(i), link.format(new))

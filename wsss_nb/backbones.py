@@ -23,8 +23,9 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 class Backbone(nn.Module):
     "Base of the backbones: `forward(x)` → dict of feature maps; `channels`/`strides` describe them; optional frozen BN."
+
     OUTPUT_STRIDES: tuple[int, ...] = ()  # supported output strides, the default first
-    new_layers: tuple[str, ...] = ()      # parameter-name prefixes not in the ImageNet net (a weights file may lack them)
+    new_layers: tuple[str, ...] = ()  # parameter-name prefixes not in the ImageNet net (a weights file may lack them)
 
     def __init__(self, output_stride: int, freeze_bn: bool = False):
         super().__init__()
@@ -64,7 +65,8 @@ class Backbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None: nn.init.zeros_(m.bias)
             elif isinstance(m, _BN):
-                nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
         self.train()
 
     def extra_repr(self): return f"output_stride={self.output_stride}, freeze_bn={self.freeze_bn}"
@@ -113,6 +115,7 @@ class Bottleneck(nn.Module):
 # %% ../nbs/05_backbones.ipynb #cce29b2f
 class ResNet(Backbone):
     "Dilated ResNet with torchvision parameter names (conv1, bn1, layer1..layer4; no `fc`). shallow = layer1, deep = layer4."
+
     OUTPUT_STRIDES = (16, 8)
     def __init__(self, block, layers, widths=(64, 128, 256, 512), output_stride: int = 16, freeze_bn: bool = False):
         super().__init__(output_stride, freeze_bn)
@@ -166,6 +169,7 @@ class ResBlock38(nn.Module):
 
 class ResBlock38Bot(nn.Module):
     "ResNet-38d bottleneck unit (psa `ResBlock_bot`): 1×1 (out/4) → 3×3 (out/2) → 1×1 (out), dropout, projection shortcut."
+
     def __init__(self, cin, cout, stride=1, dilation=1, dropout=0.):
         super().__init__()
         self.bn_branch2a = nn.BatchNorm2d(cin)
@@ -190,8 +194,16 @@ class WideResNet38(Backbone):
     def __init__(self, output_stride: int = 8, freeze_bn: bool = False):
         super().__init__(output_stride, freeze_bn)
         self.conv1a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
-        self.b2, self.b2_1, self.b2_2 = ResBlock38(64, 128, 128, 2), ResBlock38(128, 128, 128), ResBlock38(128, 128, 128)
-        self.b3, self.b3_1, self.b3_2 = ResBlock38(128, 256, 256, 2), ResBlock38(256, 256, 256), ResBlock38(256, 256, 256)
+        self.b2, self.b2_1, self.b2_2 = (
+            ResBlock38(64, 128, 128, 2),
+            ResBlock38(128, 128, 128),
+            ResBlock38(128, 128, 128),
+        )
+        self.b3, self.b3_1, self.b3_2 = (
+            ResBlock38(128, 256, 256, 2),
+            ResBlock38(256, 256, 256),
+            ResBlock38(256, 256, 256),
+        )
         self.b4 = ResBlock38(256, 512, 512, 2)
         for i in range(1, 6): setattr(self, f"b4_{i}", ResBlock38(512, 512, 512))
         self.b5 = ResBlock38(512, 512, 1024, first_dilation=1, dilation=2)
@@ -205,7 +217,8 @@ class WideResNet38(Backbone):
         x = self.conv1a(x)
         for n in ("b2", "b2_1", "b2_2", "b3", "b3_1", "b3_2"): x = getattr(self, n)(x)
         shallow = x
-        for n in ("b4", "b4_1", "b4_2", "b4_3", "b4_4", "b4_5", "b5", "b5_1", "b5_2", "b6", "b7"): x = getattr(self, n)(x)
+        for n in ("b4", "b4_1", "b4_2", "b4_3", "b4_4", "b4_5", "b5", "b5_1", "b5_2", "b6", "b7"):
+            x = getattr(self, n)(x)
         return {"shallow": shallow, "deep": F.relu(self.bn7(x))}
 
 # %% ../nbs/05_backbones.ipynb #d7f6bea8
@@ -219,9 +232,14 @@ class VGG16(Backbone):
         super().__init__(output_stride, freeze_bn)
         layers, cin, dil = [], 3, 1
         for v in _VGG16_CFG:
-            if v == "P": layers.append(nn.MaxPool2d(3, 2, 1))
-            elif v == "P1": layers.append(nn.MaxPool2d(3, 1, 1)); dil = 2   # after pool4 the convs are dilated
-            else: layers += [nn.Conv2d(cin, v, 3, padding=dil, dilation=dil), nn.ReLU(inplace=True)]; cin = v
+            if v == "P":
+                layers.append(nn.MaxPool2d(3, 2, 1))
+            elif v == "P1":
+                layers.append(nn.MaxPool2d(3, 1, 1))
+                dil = 2  # after pool4 the convs are dilated
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=dil, dilation=dil), nn.ReLU(inplace=True)]
+                cin = v
         self.features = nn.Sequential(*layers)
         self.pool5a = nn.AvgPool2d(3, 1, 1)
         self.fc6 = nn.Conv2d(512, 1024, 3, padding=fc6_dilation, dilation=fc6_dilation)
@@ -242,9 +260,12 @@ CLASSIFIER_PREFIXES = ("fc.", "classifier.", "fc8")
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     "Tensors of the state dict in `path` (bare, or under 'state_dict'/'model'), without `module.` and classifier keys."
     path = Path(path)
-    if not path.is_file(): raise ConfigError(f"weights={str(path)!r}: no such file (weights are only read from a local path)")
-    try: obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise CheckpointError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None
+    if not path.is_file():
+        raise ConfigError(f"weights={str(path)!r}: no such file (weights are only read from a local path)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable torch file ({type(e).__name__}: {e})") from None
     if isinstance(obj, dict):
         obj = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -266,7 +287,9 @@ def load_backbone_weights(backbone: Backbone, path) -> dict:
                               f"{' (' + _few(unexpected) + ')' if unexpected else ''}")
     for k, v in sd.items():
         if v.shape != own[k].shape:
-            raise CheckpointError(f"{path}: key {k!r} has shape {tuple(v.shape)}, backbone {backbone.name!r} expects {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"{path}: key {k!r} has shape {tuple(v.shape)}, backbone {backbone.name!r} expects {tuple(own[k].shape)}"
+            )
     backbone.load_state_dict(sd, strict=False)
     return {"loaded": len(sd), "kept": [k for k in own if k not in sd]}
 
@@ -287,12 +310,16 @@ def output_strides(name: str) -> tuple[int, ...]:
     build = BACKBONES[name]
     return getattr(build, "func", build).OUTPUT_STRIDES
 
-def get_backbone(name: str = "tiny", output_stride: int | None = None, weights=None, freeze_bn: bool = False) -> Backbone:
+def get_backbone(
+    name: str = "tiny", output_stride: int | None = None, weights=None, freeze_bn: bool = False
+) -> Backbone:
     "Build backbone `name` at `output_stride` (None: its default, 16 or 8), from scratch or from the local file `weights`."
     supported = output_strides(name)
     os_ = supported[0] if output_stride is None else output_stride
     if os_ not in supported:
-        raise ConfigError(f"output_stride={output_stride!r}: backbone {name!r} supports {' or '.join(map(str, supported))}")
+        raise ConfigError(
+            f"output_stride={output_stride!r}: backbone {name!r} supports {' or '.join(map(str, supported))}"
+        )
     model = BACKBONES[name](output_stride=os_, freeze_bn=freeze_bn)
     model.name = name
     if weights is not None: load_backbone_weights(model, weights)

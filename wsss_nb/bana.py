@@ -131,7 +131,8 @@ def run_bana(cfg=None, **overrides) -> dict:
     rd = Path(r3["run_dir"])
     if (rd/"bana.json").is_file(): return json.loads((rd/"bana.json").read_text())
     model, _ = load_run(rd, cfg.device)
-    model.setup_training(c3, rd); model.save_confidence(c3.epochs)        # the state after the last epoch
+    model.setup_training(c3, rd)
+    model.save_confidence(c3.epochs)  # the state after the last epoch
     res = dict(mIoU=r3["final"]["mIoU"])
     if cfg.eval_crf:
         res["mIoU_crf"] = evaluate(model, cfg.val_split, InferConfig(crf=True), data_root=cfg.data_root,

@@ -24,15 +24,18 @@ __all__ = ['check_boxes', 'boxes_to_mask', 'grid_cells', 'background_queries', '
 def check_boxes(boxes, name: str = "boxes") -> torch.Tensor:
     "`boxes` as a float N×5 (or N×4) tensor; anything else is a `DataError` naming `name`."
     if not isinstance(boxes, torch.Tensor):
-        try: boxes = torch.as_tensor(boxes, dtype=torch.float32)
-        except (TypeError, ValueError, RuntimeError): raise DataError(f"{name}: expected an N×5 tensor of boxes, got {type(boxes).__name__}") from None
+        try:
+            boxes = torch.as_tensor(boxes, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError(f"{name}: expected an N×5 tensor of boxes, got {type(boxes).__name__}") from None
     if boxes.ndim != 2 or boxes.shape[1] not in (4, 5):
         raise DataError(f"{name}: expected an N×5 tensor (x1, y1, x2, y2, class), got shape {tuple(boxes.shape)}")
     return boxes.float()
 
 def boxes_to_mask(boxes, size, stride: float = 1) -> torch.Tensor:
     "N×h×w bool masks of N×5 image-pixel boxes on an h×w map at `stride`: a cell is in a box when its centre is."
-    b = check_boxes(boxes); h, w = size
+    b = check_boxes(boxes)
+    h, w = size
     ys = (torch.arange(h, device=b.device) + 0.5) * stride
     xs = (torch.arange(w, device=b.device) + 0.5) * stride
     in_y = (ys[None] >= b[:, 1:2]) & (ys[None] < b[:, 3:4])
@@ -52,11 +55,15 @@ def _check_grid(grid_size):
 def _check_mask(mask, name, shape):
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(shape):
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise DataError(f"{name}: expected a B×h×w mask of shape {tuple(shape)} (the features' batch and size), got {got}")
+        raise DataError(
+            f"{name}: expected a B×h×w mask of shape {tuple(shape)} (the features' batch and size), got {got}"
+        )
+
 
 def background_queries(features: torch.Tensor, bg_mask: torch.Tensor, grid_size: int = 4):
     "Eq. 1: per-cell means of `features` (B×K×h×w) over `bg_mask` (B×h×w) → (queries B×N²×K, valid B×N² bool)."
-    check_shape(features, "features"); _check_grid(grid_size)
+    check_shape(features, "features")
+    _check_grid(grid_size)
     B, K, h, w = features.shape
     _check_mask(bg_mask, "bg_mask", (B, h, w))
     cells = F.one_hot(grid_cells((h, w), grid_size).to(features.device), grid_size ** 2).to(features.dtype)
@@ -66,12 +73,16 @@ def background_queries(features: torch.Tensor, bg_mask: torch.Tensor, grid_size:
     return sums / count.clamp_min(1)[..., None], count > 0
 
 # %% ../nbs/40_bap.ipynb #1f9cbed7
-def background_attention(features: torch.Tensor, boxes_mask, queries: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def background_attention(
+    features: torch.Tensor, boxes_mask, queries: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     "Eq. 2–3: B×h×w mean over valid queries of ReLU(cos(f, q_j)) inside `boxes_mask`, 1 outside (0 inside if J = 0)."
     check_shape(features, "features")
     B, K, h, w = features.shape
     if not isinstance(queries, torch.Tensor) or queries.ndim != 3 or queries.shape[0] != B or queries.shape[2] != K:
-        raise DataError(f"queries: expected B×J×K = {B}×J×{K}, got {tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__}")
+        raise DataError(
+            f"queries: expected B×J×K = {B}×J×{K}, got {tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__}"
+        )
     _check_mask(valid, "valid", queries.shape[:2])
     cos = torch.einsum("bkhw,bjk->bjhw", F.normalize(features, dim=1), F.normalize(queries, dim=2))
     v = valid.to(features.dtype)
@@ -85,7 +96,8 @@ def roi_sample(x: torch.Tensor, box, stride: float = 1, samples: int = 1) -> tor
     "Bilinear samples (K×ny×nx) of a K×h×w map at stride `stride` over one box (x1, y1, x2, y2 image pixels)."
     K, h, w = x.shape
     x1, y1, x2, y2 = (float(v) for v in box[:4])
-    nx = max(1, math.ceil((x2 - x1) * samples / stride - 1e-6)); ny = max(1, math.ceil((y2 - y1) * samples / stride - 1e-6))
+    nx = max(1, math.ceil((x2 - x1) * samples / stride - 1e-6))
+    ny = max(1, math.ceil((y2 - y1) * samples / stride - 1e-6))
     ar = lambda n: torch.arange(n, device=x.device, dtype=x.dtype) + 0.5
     gx = (x1 + ar(nx) * (x2 - x1) / nx) * 2 / (stride * w) - 1
     gy = (y1 + ar(ny) * (y2 - y1) / ny) * 2 / (stride * h) - 1
@@ -108,9 +120,15 @@ def bap_pool(features: torch.Tensor, attention: torch.Tensor, boxes, stride: flo
         for box in bx:
             s = roi_sample(x, box, stride, samples).flatten(1)
             r.append((s[:K] * s[K:]).sum(1) / s[K:].sum().clamp_min(eps))
-            cls.append(int(box[4]) if len(box) > 4 else 0); idx.append(b)
+            cls.append(int(box[4]) if len(box) > 4 else 0)
+            idx.append(b)
     dev = features.device
-    if not r: return features.new_zeros(0, K), torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.long, device=dev)
+    if not r:
+        return (
+            features.new_zeros(0, K),
+            torch.zeros(0, dtype=torch.long, device=dev),
+            torch.zeros(0, dtype=torch.long, device=dev),
+        )
     return torch.stack(r), torch.tensor(cls, device=dev), torch.tensor(idx, device=dev)
 
 # %% ../nbs/40_bap.ipynb #ac5ed31e
@@ -130,7 +148,8 @@ class BANAClassifier(Method):
         c = self.cfg
         _check_grid(c.grid_size)
         check_int(c.roi_samples, "method_cfg.roi_samples")
-        if not 0 <= c.min_background < 1: raise ConfigError(f"method_cfg.min_background={c.min_background!r}: expected a fraction in [0, 1)")
+        if not 0 <= c.min_background < 1:
+            raise ConfigError(f"method_cfg.min_background={c.min_background!r}: expected a fraction in [0, 1)")
         if not c.init_std > 0: raise ConfigError(f"method_cfg.init_std={c.init_std!r}: expected a positive number")
         self.stride = self.backbone.strides["deep"]
         self.classifier = nn.Conv2d(self.backbone.channels["deep"], num_classes, 1, bias=False)
@@ -148,7 +167,10 @@ class BANAClassifier(Method):
         return self.classifier(self.features(image)).relu()
 
     def _boxes(self, batch):
-        if "boxes" not in batch: raise DataError("batch['boxes']: bana_cls trains from boxes; the batch has none (VOCDataset needs Annotations/)")
+        if "boxes" not in batch:
+            raise DataError(
+                "batch['boxes']: bana_cls trains from boxes; the batch has none (VOCDataset needs Annotations/)"
+            )
         return [check_boxes(b, f"boxes[{i}]").to(batch["image"].device) for i, b in enumerate(batch["boxes"])]
 
     def _inside(self, boxes, size):
@@ -163,7 +185,8 @@ class BANAClassifier(Method):
         return background_attention(f, inside, q, valid)
 
     def forward(self, batch):
-        f = self.features(batch["image"]); boxes = self._boxes(batch)
+        f = self.features(batch["image"])
+        boxes = self._boxes(batch)
         if len(boxes) != len(f): raise DataError(f"batch['boxes']: {len(boxes)} box tensors for {len(f)} images")
         inside = self._inside(boxes, f.shape[-2:])
         q, valid = background_queries(f, ~inside, self.cfg.grid_size)
@@ -192,9 +215,19 @@ class BANAClassifier(Method):
         return self.classifier(self.features(image)).softmax(1)[:, 1:].amax((2, 3))
 
 # %% ../nbs/40_bap.ipynb #a2f75f3f
-def train_bana_cls(root, pooling: str = "bap", epochs: int = 15, n: int | None = None, size: int = 96,
-                   batch_size: int = 16, lr: float = 2e-3, seed: int = 0, backbone: str = "tiny", output_stride: int = 8,
-                   **method_cfg) -> BANAClassifier:
+def train_bana_cls(
+    root,
+    pooling: str = "bap",
+    epochs: int = 15,
+    n: int | None = None,
+    size: int = 96,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    backbone: str = "tiny",
+    output_stride: int = 8,
+    **method_cfg,
+) -> BANAClassifier:
     "A short Adam run of `bana_cls` (crops of `size`, lr ÷10 at 70 %) for notebooks and tests; real runs use `wsss_nb.train`."
     seed_everything(seed)
     ds = VOCDataset(root, "train", transform=train_transform(crop=size, scale_range=(0.8, 1.2), jitter=0.2))
@@ -208,6 +241,8 @@ def train_bana_cls(root, pooling: str = "bap", epochs: int = 15, n: int | None =
         for i in range(0, len(ds) - bs + 1, bs):
             b = collate([ds[j] for j in perm[i:i + bs]])
             loss = model.losses(b, model(b), epoch)["total"]
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         sched.step()
     return model.eval()

@@ -21,11 +21,13 @@ def _sync(device):
 
 def time_call(fn, repeats: int = 5, warmup: int = 1, device=None) -> tuple[float, object]:
     "Median wall time (s) of `fn()` over `repeats` calls after `warmup` calls, under no_grad; and the last result."
-    check_int(repeats, "repeats"); check_int(warmup, "warmup", 0)
+    check_int(repeats, "repeats")
+    check_int(warmup, "warmup", 0)
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
-            _sync(device); t = time.perf_counter()
+            _sync(device)
+            t = time.perf_counter()
             out = fn()
             _sync(device)
             if i >= warmup: times.append(time.perf_counter() - t)
@@ -46,7 +48,8 @@ def bench_pamr(batch: int = 8, classes: int = 21, present: int = 2, size: int = 
     batch, size, repeats = check_int(batch, "batch"), check_int(size, "size"), check_int(repeats, "repeats")
     classes, num_iter = check_int(classes, "classes", 2), check_int(num_iter, "num_iter", 0)
     present = check_int(present, "present", 0)
-    if present > classes - 1: raise ConfigError(f"present={present}: at most classes - 1 = {classes - 1} foreground classes")
+    if present > classes - 1:
+        raise ConfigError(f"present={present}: at most classes - 1 = {classes - 1} foreground classes")
     dilations, device = check_dilations(dilations), get_device(device)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(batch, 3, size, size, generator=g)
@@ -63,9 +66,11 @@ def bench_pamr(batch: int = 8, classes: int = 21, present: int = 2, size: int = 
                repeats=repeats, device=str(device), threads=threads,
                reference_ms=1e3 * t_ref, fast_ms=1e3 * t_fast, speedup=t_ref / t_fast,
                max_abs_diff=float((ref - out).abs().max()))
-    print(f"PAMR {batch}×{classes}×{size}×{size} ({present} present + bg), {num_iter} iterations, dilations "
-          f"{list(dilations)} on {device} ({threads} threads): reference {res['reference_ms']:.1f} ms, fast {res['fast_ms']:.1f} ms, "
-          f"{res['speedup']:.1f}× faster, max |difference| {res['max_abs_diff']:.2e}")
+    print(
+        f"PAMR {batch}×{classes}×{size}×{size} ({present} present + bg), {num_iter} iterations, dilations "
+        f"{list(dilations)} on {device} ({threads} threads): reference {res['reference_ms']:.1f} ms, fast {res['fast_ms']:.1f} ms, "
+        f"{res['speedup']:.1f}× faster, max |difference| {res['max_abs_diff']:.2e}"
+    )
     return res
 
 # %% ../nbs/65_bench.ipynb #b6461ca3
@@ -95,8 +100,11 @@ def _status_kib(field_name):
     except OSError: return None
 
 def _reset_peak_rss() -> bool:
-    try: Path("/proc/self/clear_refs").write_text("5"); return _status_kib("VmHWM") is not None
-    except OSError: return False
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kib("VmHWM") is not None
+    except OSError:
+        return False
 
 def _fsl_child(spec: dict) -> dict:
     "In a fresh process: one FSL forward + backward for its peak memory, then the median time of `repeats` calls."
@@ -112,13 +120,21 @@ def _fsl_child(spec: dict) -> dict:
     with torch_threads(spec["threads"]):
         step(image[:1, :, :8, :8].contiguous(), cam[:1, :, :8, :8].detach().clone().requires_grad_(True))   # lazy init
         if device.type == "cuda":
-            torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device); how = "cuda max_memory_allocated"
-        elif _reset_peak_rss(): base = _status_kib("VmRSS") * 1024; how = "peak RSS (VmHWM, reset)"
-        else: base = None; how = "ru_maxrss (not resettable)"
-        _sync(device); t = time.perf_counter()
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            how = "cuda max_memory_allocated"
+        elif _reset_peak_rss():
+            base = _status_kib("VmRSS") * 1024
+            how = "peak RSS (VmHWM, reset)"
+        else:
+            base = None
+            how = "ru_maxrss (not resettable)"
+        _sync(device)
+        t = time.perf_counter()
         loss, gnorm = step()
-        _sync(device); first = time.perf_counter() - t
+        _sync(device)
+        first = time.perf_counter() - t
         if device.type == "cuda": peak = torch.cuda.max_memory_allocated(device) - base
         elif base is not None: peak = _status_kib("VmHWM") * 1024 - base
         else:
@@ -130,8 +146,12 @@ def _fsl_child(spec: dict) -> dict:
 def _run_child(spec: dict, timeout: float) -> dict:
     root = str(Path(wsss_nb.__file__).resolve().parent.parent)         # the child imports this same package
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    code = "import json, sys; from wsss_nb.bench import _fsl_child; print(json.dumps(_fsl_child(json.loads(sys.argv[1]))))"
-    p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout)
+    code = (
+        "import json, sys; from wsss_nb.bench import _fsl_child; print(json.dumps(_fsl_child(json.loads(sys.argv[1]))))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout
+    )
     if p.returncode != 0: raise RuntimeError(f"bench_fsl child failed ({spec}):\n{p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -146,24 +166,54 @@ def bench_fsl(batch: int = 8, classes: int = 21, sizes=(56, 112), present: int |
         raise ConfigError(f"present={present}: at most classes - 1 = {classes - 1} foreground classes")
     check_num(sigma, "sigma", 0, lo_open=True)
     device = get_device(device)
-    res = dict(batch=batch, classes=classes, present=present, sigma=sigma, mu=mu, radius=4 * sigma, device=str(device), sizes={})
+    res = dict(
+        batch=batch,
+        classes=classes,
+        present=present,
+        sigma=sigma,
+        mu=mu,
+        radius=4 * sigma,
+        device=str(device),
+        sizes={},
+    )
     for s in sizes:
-        spec = dict(batch=batch, classes=classes, size=s, present=present, mu=mu, sigma=sigma, device=str(device), threads=threads)
+        spec = dict(
+            batch=batch,
+            classes=classes,
+            size=s,
+            present=present,
+            mu=mu,
+            sigma=sigma,
+            device=str(device),
+            threads=threads,
+        )
         win = _run_child(dict(spec, radius="auto", repeats=repeats), timeout)
         den = _run_child(dict(spec, radius=None, repeats=dense_repeats), timeout)
-        r = dict(dense_ms=1e3 * den["seconds"], windowed_ms=1e3 * win["seconds"], speedup=den["seconds"] / win["seconds"],
-                 dense_peak_mib=den["peak_bytes"] / 2**20, windowed_peak_mib=win["peak_bytes"] / 2**20,
-                 dense_loss=den["loss"], windowed_loss=win["loss"],
-                 rel_diff=abs(win["loss"] - den["loss"]) / max(abs(den["loss"]), 1e-30), memory=win["memory"], threads=win["threads"])
+        r = dict(
+            dense_ms=1e3 * den["seconds"],
+            windowed_ms=1e3 * win["seconds"],
+            speedup=den["seconds"] / win["seconds"],
+            dense_peak_mib=den["peak_bytes"] / 2**20,
+            windowed_peak_mib=win["peak_bytes"] / 2**20,
+            dense_loss=den["loss"],
+            windowed_loss=win["loss"],
+            rel_diff=abs(win["loss"] - den["loss"]) / max(abs(den["loss"]), 1e-30),
+            memory=win["memory"],
+            threads=win["threads"],
+        )
         res["sizes"][s] = r
-        print(f"FSL {batch}×{classes}×{s}×{s} (present: {'all' if present is None else present}), σ={sigma}, radius {4 * sigma:g}, "
-              f"forward+backward on {device} ({r['threads']} threads): dense {r['dense_ms']:.0f} ms, windowed {r['windowed_ms']:.0f} ms "
-              f"(speed-up {r['speedup']:.1f}×); peak memory dense {r['dense_peak_mib']:.1f} MiB, windowed {r['windowed_peak_mib']:.1f} MiB "
-              f"[{r['memory']}]; loss relative difference {r['rel_diff']:.1e}")
+        print(
+            f"FSL {batch}×{classes}×{s}×{s} (present: {'all' if present is None else present}), σ={sigma}, radius {4 * sigma:g}, "
+            f"forward+backward on {device} ({r['threads']} threads): dense {r['dense_ms']:.0f} ms, windowed {r['windowed_ms']:.0f} ms "
+            f"(speed-up {r['speedup']:.1f}×); peak memory dense {r['dense_peak_mib']:.1f} MiB, windowed {r['windowed_peak_mib']:.1f} MiB "
+            f"[{r['memory']}]; loss relative difference {r['rel_diff']:.1e}"
+        )
     if len(sizes) > 1:
         a, b = res["sizes"][sizes[0]], res["sizes"][sizes[-1]]
         res["growth"] = dict(dense=b["dense_ms"] / a["dense_ms"], windowed=b["windowed_ms"] / a["windowed_ms"],
                              pixels=(sizes[-1] / sizes[0]) ** 2)
-        print(f"{sizes[0]}→{sizes[-1]} ({res['growth']['pixels']:.0f}× the pixels): dense time ×{res['growth']['dense']:.1f}, "
-              f"windowed time ×{res['growth']['windowed']:.1f}")
+        print(
+            f"{sizes[0]}→{sizes[-1]} ({res['growth']['pixels']:.0f}× the pixels): dense time ×{res['growth']['dense']:.1f}, "
+            f"windowed time ×{res['growth']['windowed']:.1f}"
+        )
     return res

@@ -49,15 +49,24 @@ class BoxPseudoConfig:
 
     def __post_init__(self):
         check_int(self.grid_size, "grid_size")
-        if not 0 <= self.bg_threshold <= 1: raise ConfigError(f"bg_threshold={self.bg_threshold!r}: expected a number in [0, 1]")
-        if self.cam_norm not in ("box", "class"): raise ConfigError(f"cam_norm={self.cam_norm!r}: expected 'box' or 'class'")
-        if self.unary not in ("softmax", "scores"): raise ConfigError(f"unary={self.unary!r}: expected 'softmax' or 'scores'")
+        if not 0 <= self.bg_threshold <= 1:
+            raise ConfigError(f"bg_threshold={self.bg_threshold!r}: expected a number in [0, 1]")
+        if self.cam_norm not in ("box", "class"):
+            raise ConfigError(f"cam_norm={self.cam_norm!r}: expected 'box' or 'class'")
+        if self.unary not in ("softmax", "scores"):
+            raise ConfigError(f"unary={self.unary!r}: expected 'softmax' or 'scores'")
 
     @property
     def crf(self) -> dict:
         "The keyword arguments of `dense_crf`."
-        return dict(iters=self.crf_iters, bi_compat=self.crf_bi_compat, bi_sxy=self.crf_bi_sxy, bi_srgb=self.crf_bi_srgb,
-                    gauss_compat=self.crf_gauss_compat, gauss_sxy=self.crf_gauss_sxy)
+        return dict(
+            iters=self.crf_iters,
+            bi_compat=self.crf_bi_compat,
+            bi_sxy=self.crf_bi_sxy,
+            bi_srgb=self.crf_bi_srgb,
+            gauss_compat=self.crf_gauss_compat,
+            gauss_sxy=self.crf_gauss_sxy,
+        )
 
 def pseudo_config(cfg=None, **overrides) -> BoxPseudoConfig:
     "A `BoxPseudoConfig` from None, a dict or a config, with `overrides` (unknown names are a `ConfigError`)."
@@ -67,7 +76,8 @@ def pseudo_config(cfg=None, **overrides) -> BoxPseudoConfig:
 # %% ../nbs/41_box_pseudo.ipynb #8a666d9c
 def class_box_masks(boxes, size) -> tuple[list[int], torch.Tensor]:
     "The classes present in `boxes` (sorted) and the union of each class's boxes (P×H×W bool)."
-    b = check_boxes(boxes); H, W = size
+    b = check_boxes(boxes)
+    H, W = size
     classes = b[:, 4].long().unique().tolist() if len(b) else []
     m = boxes_to_mask(b, size)
     return classes, (torch.stack([m[b[:, 4].long() == c].any(0) for c in classes]) if classes
@@ -76,11 +86,14 @@ def class_box_masks(boxes, size) -> tuple[list[int], torch.Tensor]:
 def cam_unaries(cams: torch.Tensor, boxes, norm: str = "box", eps: float = 1e-5) -> torch.Tensor:
     "Eq. 5: (C+1)×H×W u_c — `cams` (ReLU'd, background first) max-normalised inside the boxes of c, 0 elsewhere."
     if norm not in ("box", "class"): raise ConfigError(f"norm={norm!r}: expected 'box' or 'class'")
-    b = check_boxes(boxes); H, W = cams.shape[-2:]
-    m = boxes_to_mask(b, (H, W)); cls = b[:, 4].long()
+    b = check_boxes(boxes)
+    H, W = cams.shape[-2:]
+    m = boxes_to_mask(b, (H, W))
+    cls = b[:, 4].long()
     u = torch.zeros_like(cams)
     for c in cls.unique().tolist():
-        if not 1 <= c < len(cams): raise DataError(f"boxes: class {c} outside 1..{len(cams) - 1} (cams has {len(cams)} channels)")
+        if not 1 <= c < len(cams):
+            raise DataError(f"boxes: class {c} outside 1..{len(cams) - 1} (cams has {len(cams)} channels)")
         regions = m[cls == c] if norm == "box" else m[cls == c].any(0, keepdim=True)
         for r in regions:
             v = torch.where(r, cams[c], torch.zeros_like(cams[c]))
@@ -100,7 +113,9 @@ def background_cam_unary(cam0: torch.Tensor, inside: torch.Tensor, eps: float = 
     return torch.where(inside, cam0 / cam0.max().clamp_min(eps), torch.ones_like(cam0))
 
 # %% ../nbs/41_box_pseudo.ipynb #02897e7d
-def crf_unaries(u0: torch.Tensor, u: torch.Tensor, classes, inside: torch.Tensor, mode: str = "softmax") -> torch.Tensor:
+def crf_unaries(
+    u0: torch.Tensor, u: torch.Tensor, classes, inside: torch.Tensor, mode: str = "softmax"
+) -> torch.Tensor:
     "(1+P)×H×W CRF input: u0 and the u_c of `classes`; `mode='softmax'` takes a softmax over them inside the boxes."
     P = torch.cat([u0[None], u[list(classes)]]) if len(classes) else u0[None]
     if mode == "softmax": return torch.where(inside, P.softmax(0), P)
@@ -117,7 +132,9 @@ def ycrf_labels(image, probs: torch.Tensor, classes, class_masks: torch.Tensor, 
 def prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
     "Eq. 8: mean feature (num_classes×K) of each class's pixels in `labels` (H×W; 255 ignored) and which classes have any."
     lab = labels.long()
-    oh = F.one_hot(torch.where(lab == IGNORE_INDEX, num_classes, lab), num_classes + 1)[..., :num_classes].to(features.dtype)
+    oh = F.one_hot(torch.where(lab == IGNORE_INDEX, num_classes, lab), num_classes + 1)[..., :num_classes].to(
+        features.dtype
+    )
     n = oh.sum((0, 1))
     return torch.einsum("khw,hwc->ck", features, oh) / n.clamp_min(1)[:, None], n > 0
 
@@ -152,10 +169,13 @@ def pseudo_labels_from_features(features: torch.Tensor, class_weights: torch.Ten
     cfg = cfg or BoxPseudoConfig()
     K, H, W = features.shape
     if class_weights.ndim != 2 or class_weights.shape[1] != K:
-        raise DataError(f"class_weights: expected (C+1)×{K} (one row per class, background first), got {tuple(class_weights.shape)}")
+        raise DataError(
+            f"class_weights: expected (C+1)×{K} (one row per class, background first), got {tuple(class_weights.shape)}"
+        )
     b = check_boxes(boxes).to(features.device)
-    cams = torch.einsum("khw,ck->chw", features, class_weights).relu()                      # Eq. 6
-    classes, cmask = class_box_masks(b, (H, W)); inside = cmask.any(0) if classes else torch.zeros(H, W, dtype=torch.bool)
+    cams = torch.einsum("khw,ck->chw", features, class_weights).relu()  # Eq. 6
+    classes, cmask = class_box_masks(b, (H, W))
+    inside = cmask.any(0) if classes else torch.zeros(H, W, dtype=torch.bool)
     u = cam_unaries(cams, b, cfg.cam_norm)
     u0 = (background_unary(features, inside, cfg.grid_size, cfg.bg_threshold, cfg.bg_threshold_relative) if cfg.use_u0
           else background_cam_unary(cams[0], inside))
@@ -179,7 +199,8 @@ def generate_pseudo_labels(model, sample: dict, cfg: BoxPseudoConfig | None = No
     "Ycrf, Yret and their maps for one dataset sample (image, image_raw, boxes) with a stage-1 model."
     model = _as_model(model)
     for k in ("image", "image_raw", "boxes"):
-        if k not in sample: raise DataError(f"sample['{k}']: missing; pseudo labels need the image, image_raw and boxes")
+        if k not in sample:
+            raise DataError(f"sample['{k}']: missing; pseudo labels need the image, image_raw and boxes")
     image = sample["image"]
     dev = next(model.parameters()).device
     f = resize(model.features(image[None].to(dev)), image.shape[-2:])[0]
@@ -193,14 +214,19 @@ class PseudoLabelReport:
 
     def __init__(self, num_classes: int, class_names=None, cam_threshold: float = 0.5):
         self.num_classes = int(num_classes)
-        self.class_names = list(class_names) if class_names is not None else ["background"] + [f"class{c}" for c in range(1, num_classes)]
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else ["background"] + [f"class{c}" for c in range(1, num_classes)]
+        )
         self.quality = {k: PseudoLabelQuality(num_classes, class_names=self.class_names) for k in self.KINDS}
         self.cam = CAMPrecision(num_classes, cam_threshold, class_names=self.class_names)
         self.rates: list[dict] = []
 
     def update(self, gt, boxes, ycrf, yret, u=None, name: str = ""):
         "Add one image: gt H×W, boxes N×5, Ycrf and Yret H×W, optionally u (C+1)×H×W (Eq. 5)."
-        gt = torch.as_tensor(gt).cpu(); b = check_boxes(boxes).cpu()
+        gt = torch.as_tensor(gt).cpu()
+        b = check_boxes(boxes).cpu()
         labels = {"Box": box_baseline(b, tuple(gt.shape)), "Ycrf": torch.as_tensor(ycrf).cpu(),
                   "Yret": torch.as_tensor(yret).cpu()}
         labels["Ycrf & Yret"] = agreement(labels["Ycrf"], labels["Yret"])
@@ -228,10 +254,12 @@ class PseudoLabelReport:
 def pseudo_label_quality(model, dataset, cfg: BoxPseudoConfig | None = None, max_images: int | None = None,
                          progress: bool = True) -> PseudoLabelReport:
     "Generate pseudo labels for `dataset` (with masks and boxes) and accumulate their quality against the masks."
-    model = _as_model(model); _check_dataset(dataset, need_masks=True)
+    model = _as_model(model)
+    _check_dataset(dataset, need_masks=True)
     rep = PseudoLabelReport(dataset.num_classes, ("background", *dataset.classes))
     for i in tqdm(range(_count(dataset, max_images)), desc="pseudo-label quality", disable=not progress):
-        s = dataset[i]; o = generate_pseudo_labels(model, s, cfg)
+        s = dataset[i]
+        o = generate_pseudo_labels(model, s, cfg)
         rep.update(s["mask"], s["boxes"], o["ycrf"], o["yret"], o["u"], s["name"])
     return rep
 
@@ -239,9 +267,11 @@ def _count(dataset, max_images):
     return len(dataset) if max_images is None else min(int(max_images), len(dataset))
 
 def _check_dataset(dataset, need_masks=False):
-    if not isinstance(dataset, VOCDataset): raise ConfigError(f"dataset: expected a VOCDataset, got {type(dataset).__name__}")
+    if not isinstance(dataset, VOCDataset):
+        raise ConfigError(f"dataset: expected a VOCDataset, got {type(dataset).__name__}")
     if not dataset.has_boxes: raise DataError(f"{dataset.root}: no Annotations/ — pseudo labels need boxes")
-    if need_masks and not dataset.has_masks: raise DataError(f"{dataset.mask_dir}: no ground-truth masks to measure quality against")
+    if need_masks and not dataset.has_masks:
+        raise DataError(f"{dataset.mask_dir}: no ground-truth masks to measure quality against")
     if not isinstance(dataset.transform, Normalize):
         raise ConfigError(f"dataset.transform={dataset.transform!r}: pseudo labels must align with the files; "
                           "use VOCDataset(root, split) without augmentation")
@@ -262,15 +292,23 @@ def plot_filling_rates(rates: pd.DataFrame, sources=None, ax=None, classes=None)
             d = rates[(rates["source"] == src) & (rates["cls"] == c)]["rate"].to_numpy()
             if not len(d): continue
             x = i + (j - (len(sources) - 1) / 2) * width
-            if np.ptp(d) < 1e-6: ax.scatter([x] * len(d), d, color=cmap(j), marker="_", s=120)   # a KDE needs spread
-            else: pos.append(x); data.append(d)
+            if np.ptp(d) < 1e-6:
+                ax.scatter([x] * len(d), d, color=cmap(j), marker="_", s=120)  # a KDE needs spread
+            else:
+                pos.append(x)
+                data.append(d)
         if data:
             parts = ax.violinplot(data, positions=pos, widths=width * 0.95, showmedians=True, showextrema=False)
-            for pc in parts["bodies"]: pc.set_facecolor(cmap(j)); pc.set_alpha(0.6)
+            for pc in parts["bodies"]:
+                pc.set_facecolor(cmap(j))
+                pc.set_alpha(0.6)
             parts["cmedians"].set_color(cmap(j))
         ax.plot([], [], color=cmap(j), lw=6, alpha=0.6, label=src)
-    ax.set_xticks(range(len(classes))); ax.set_xticklabels(classes, rotation=30, fontsize=8)
-    ax.set_ylabel("filling rate"); ax.set_ylim(-0.02, 1.02); ax.legend(fontsize=8, ncol=len(sources))
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=30, fontsize=8)
+    ax.set_ylabel("filling rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8, ncol=len(sources))
     return ax
 
 # %% ../nbs/41_box_pseudo.ipynb #be8d1e76
@@ -279,12 +317,15 @@ PSEUDO_KINDS = ("ycrf", "yret")
 def export_pseudo_labels(model, dataset, out_dir, cfg: BoxPseudoConfig | None = None,
                          max_images: int | None = None, progress: bool = True) -> dict:
     "Write Ycrf/Yret palette PNGs and a manifest (with quality numbers when `dataset` has masks); returns the manifest."
-    model = _as_model(model); _check_dataset(dataset)
-    cfg = cfg or BoxPseudoConfig(); out = Path(out_dir)
+    model = _as_model(model)
+    _check_dataset(dataset)
+    cfg = cfg or BoxPseudoConfig()
+    out = Path(out_dir)
     rep = PseudoLabelReport(dataset.num_classes, ("background", *dataset.classes)) if dataset.has_masks else None
     names = []
     for i in tqdm(range(_count(dataset, max_images)), desc=f"pseudo labels → {out.name}", disable=not progress):
-        s = dataset[i]; o = generate_pseudo_labels(model, s, cfg)
+        s = dataset[i]
+        o = generate_pseudo_labels(model, s, cfg)
         for k in PSEUDO_KINDS: save_mask(out/k/f"{s['name']}.png", o[k].cpu().numpy())
         if rep is not None: rep.update(s["mask"], s["boxes"], o["ycrf"], o["yret"], o["u"], s["name"])
         names.append(s["name"])

@@ -36,7 +36,9 @@ class CheckpointError(WSSSError, RuntimeError):
 def check_int(v, name: str, lo: int = 1, hi: int | None = None) -> int:
     "`v` as an int when it is an integer in lo..hi (numpy integers too), else a `ConfigError` naming `name`."
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
-        what = (f"an integer in {lo}..{hi}" if hi is not None else "a positive integer" if lo == 1 else f"an integer ≥ {lo}")
+        what = (
+            f"an integer in {lo}..{hi}" if hi is not None else "a positive integer" if lo == 1 else f"an integer ≥ {lo}"
+        )
         raise ConfigError(f"{name}={v!r}: expected {what}")
     return int(v)
 
@@ -45,9 +47,13 @@ def check_num(v, name: str, lo=None, hi=None, lo_open: bool = False, hi_open: bo
     ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and bool(np.isfinite(v))
     ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
     if not ok:
-        if lo == 0 and lo_open and hi is None: what = "a positive number"
-        else: what = (f"a number in {'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
-                      f"{')' if hi_open or hi is None else ']'}")
+        if lo == 0 and lo_open and hi is None:
+            what = "a positive number"
+        else:
+            what = (
+                f"a number in {'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}"
+                f"{')' if hi_open or hi is None else ']'}"
+            )
         raise ConfigError(f"{name}={v!r}: expected {what}")
     return float(v)
 
@@ -77,7 +83,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> int:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ConfigError(f"seed={seed!r}: expected an integer")
     seed = int(seed)
-    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -85,7 +93,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> int:
     return seed
 
 # %% ../nbs/00_core.ipynb #e507bf0d
-_UMASK = os.umask(0); os.umask(_UMASK)           # the process umask (read once: os.umask can only be read by setting it)
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # the process umask (read once: os.umask can only be read by setting it)
+
 
 @contextmanager
 def atomic_open(path, mode: str = "wb", **kwargs):
@@ -98,7 +108,8 @@ def atomic_open(path, mode: str = "wb", **kwargs):
     try:
         with os.fdopen(fd, mode.replace("a", "w").replace("x", "w"), **kwargs) as f:
             yield f
-            f.flush(); os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)               # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -128,7 +139,8 @@ def _json_default(o):
 
 def atomic_torch_save(obj, path) -> Path:
     "`torch.save` to `path` atomically (serialised in memory first, so a full disk is the OS's own error)."
-    buf = io.BytesIO(); torch.save(obj, buf)        # torch's writer turns a failed write into an opaque RuntimeError
+    buf = io.BytesIO()
+    torch.save(obj, buf)  # torch's writer turns a failed write into an opaque RuntimeError
     return atomic_write_bytes(path, buf.getbuffer())
 
 # %% ../nbs/00_core.ipynb #7f98f041
@@ -138,9 +150,12 @@ def voc_palette() -> list[int]:
     "The 256-colour PASCAL VOC palette as a flat [r, g, b, ...] list (index 255 is the void colour)."
     pal = []
     for i in range(256):
-        r = g = b = 0; c = i
+        r = g = b = 0
+        c = i
         for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j); g |= ((c >> 1) & 1) << (7 - j); b |= ((c >> 2) & 1) << (7 - j)
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
         pal += [r, g, b]
     return pal
@@ -237,7 +252,8 @@ def _check(value, tp, path):
         raise ConfigError(f"{path}={value!r}: expected one of {list(args)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp): return value
-        if not isinstance(value, dict): raise ConfigError(f"{path}={value!r}: expected a mapping of {tp.__name__} fields")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}={value!r}: expected a mapping of {tp.__name__} fields")
         return from_dict(tp, value, path)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)): raise ConfigError(f"{path}={value!r}: expected a list")

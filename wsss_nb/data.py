@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .core import DataError, ConfigError, IGNORE_INDEX, voc_palette, atomic_write_bytes, to_numpy, check_int, resize
+from wsss_nb.core import (
+    DataError,
+    ConfigError,
+    IGNORE_INDEX,
+    voc_palette,
+    atomic_write_bytes,
+    to_numpy,
+    check_int,
+    resize,
+)
 
 # %% auto #0
 __all__ = ['VOC_CLASSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'read_classes', 'save_mask', 'read_image', 'read_mask', 'read_boxes',
@@ -40,8 +49,10 @@ def save_mask(path, mask) -> Path:
     m = to_numpy(mask)
     if m.ndim != 2: raise DataError(f"{path}: mask must be H×W, got shape {m.shape}")
     if m.size and (m.min() < 0 or m.max() > 255): raise DataError(f"{path}: mask values must lie in 0..255")
-    img = Image.fromarray(m.astype(np.uint8), mode="P"); img.putpalette(voc_palette())
-    buf = io.BytesIO(); img.save(buf, format="PNG")
+    img = Image.fromarray(m.astype(np.uint8), mode="P")
+    img.putpalette(voc_palette())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
     return atomic_write_bytes(path, buf.getvalue())
 
 # %% ../nbs/01_data.ipynb #b4766c46
@@ -124,7 +135,11 @@ class VOCDataset(torch.utils.data.Dataset):
         self.extra_dirs = self._extra_dirs(extra_masks or {})
         if mask_dir is None:
             aug = (self.root/"SegmentationClassAug").is_dir()
-            mask_dir = "SegmentationClassAug" if aug and ("aug" in split or not (self.root/"SegmentationClass").is_dir()) else "SegmentationClass"
+            mask_dir = (
+                "SegmentationClassAug"
+                if aug and ("aug" in split or not (self.root / "SegmentationClass").is_dir())
+                else "SegmentationClass"
+            )
         self.mask_dir = self.root/mask_dir
         self.has_masks = self.mask_dir.is_dir() if masks is None else masks
         self.has_boxes = (self.root/"Annotations").is_dir() if boxes is None else boxes
@@ -149,7 +164,8 @@ class VOCDataset(torch.utils.data.Dataset):
 
     def _extra_dirs(self, extra) -> dict:
         "Check `extra_masks` ({key: directory}) and resolve the directories against the root."
-        if not isinstance(extra, dict): raise ConfigError(f"extra_masks={extra!r}: expected a mapping {{key: directory}}")
+        if not isinstance(extra, dict):
+            raise ConfigError(f"extra_masks={extra!r}: expected a mapping {{key: directory}}")
         out = {}
         for k, d in extra.items():
             if not isinstance(k, str) or not k.isidentifier() or k in self._RESERVED:
@@ -159,16 +175,26 @@ class VOCDataset(torch.utils.data.Dataset):
         return out
 
     def _paths(self, name):
-        return (self.root/"JPEGImages"/f"{name}.jpg", self.mask_dir/f"{name}.png", self.root/"Annotations"/f"{name}.xml")
+        return (
+            self.root / "JPEGImages" / f"{name}.jpg",
+            self.mask_dir / f"{name}.png",
+            self.root / "Annotations" / f"{name}.xml",
+        )
 
     def _check_files(self):
         for name in self.names:
             img, mask, xml = self._paths(name)
             for k, d in self.extra_dirs.items():
                 if not (d/f"{name}.png").is_file():
-                    raise DataError(f"{d/name}.png: label map {k!r} of {name!r} listed in split {self.split!r} not found")
+                    raise DataError(
+                        f"{d / name}.png: label map {k!r} of {name!r} listed in split {self.split!r} not found"
+                    )
             if not img.is_file() and img.with_suffix(".png").is_file(): continue
-            for p, need, what in ((img, True, "image"), (mask, self.has_masks, "mask"), (xml, self.has_boxes, "annotation")):
+            for p, need, what in (
+                (img, True, "image"),
+                (mask, self.has_masks, "mask"),
+                (xml, self.has_boxes, "annotation"),
+            ):
                 if need and not p.is_file():
                     raise DataError(f"{p}: {what} of {name!r} listed in split {self.split!r} not found")
 
@@ -179,11 +205,14 @@ class VOCDataset(torch.utils.data.Dataset):
         name = self.names[i]
         img_p, mask_p, xml_p = self._paths(name)
         if not img_p.is_file(): img_p = img_p.with_suffix(".png")
-        img = read_image(img_p); H, W = img.shape[:2]
+        img = read_image(img_p)
+        H, W = img.shape[:2]
         if self.has_masks:
             mask = read_mask(mask_p, self.num_classes)
             if mask.shape != (H, W):
-                raise DataError(f"{mask_p}: mask size {mask.shape[1]}×{mask.shape[0]} ≠ image size {W}×{H} of {img_p.name}")
+                raise DataError(
+                    f"{mask_p}: mask size {mask.shape[1]}×{mask.shape[0]} ≠ image size {W}×{H} of {img_p.name}"
+                )
         else: mask = np.full((H, W), IGNORE_INDEX, np.uint8)
         boxes = read_boxes(xml_p, self.classes, (H, W)) if self.has_boxes else np.zeros((0, 5), np.float32)
         present = np.unique(mask) if self.has_masks else boxes[:, 4].astype(np.int64)
@@ -194,7 +223,9 @@ class VOCDataset(torch.utils.data.Dataset):
         for k, d in self.extra_dirs.items():
             extra[k] = read_mask(d/f"{name}.png", self.num_classes)
             if extra[k].shape != (H, W):
-                raise DataError(f"{d/name}.png: label map {k!r} size {extra[k].shape[1]}×{extra[k].shape[0]} ≠ image size {W}×{H} of {img_p.name}")
+                raise DataError(
+                    f"{d / name}.png: label map {k!r} size {extra[k].shape[1]}×{extra[k].shape[0]} ≠ image size {W}×{H} of {img_p.name}"
+                )
         return dict(image=img, mask=mask, boxes=boxes, labels=labels, name=name, **extra)
 
     def __getitem__(self, i) -> dict:
@@ -225,7 +256,8 @@ class RandomScale:
     def __init__(self, scale_range=(0.9, 1.1)): self.lo, self.hi = scale_range
     def __call__(self, s):
         f = self.lo + (self.hi - self.lo) * torch.rand(()).item()
-        H, W = s["mask"].shape; h, w = max(1, round(H * f)), max(1, round(W * f))
+        H, W = s["mask"].shape
+        h, w = max(1, round(H * f)), max(1, round(W * f))
         s = dict(s, image_raw=resize(s["image_raw"][None], (h, w))[0].clamp(0, 1),
                  **{k: resize(s[k], (h, w), "nearest").long() for k in label_maps(s)})
         s["boxes"] = s["boxes"] * torch.tensor([w / W, h / H, w / W, h / H, 1.])
@@ -237,16 +269,21 @@ class RandomHFlip:
     def __init__(self, p=0.5): self.p = p
     def __call__(self, s):
         if torch.rand(()).item() >= self.p: return s
-        W = s["mask"].shape[1]; b = s["boxes"].clone()
+        W = s["mask"].shape[1]
+        b = s["boxes"].clone()
         b[:, 0], b[:, 2] = W - s["boxes"][:, 2], W - s["boxes"][:, 0]
         return dict(s, image_raw=s["image_raw"].flip(-1), boxes=b, **{k: s[k].flip(-1) for k in label_maps(s)})
     def __repr__(self): return f"RandomHFlip({self.p})"
 
 class ColorJitter:
     "Random brightness, contrast and saturation factors in [1-x, 1+x] (image only)."
-    def __init__(self, brightness=0.3, contrast=0.3, saturation=0.3): self.b, self.c, self.s = brightness, contrast, saturation
+
+    def __init__(self, brightness=0.3, contrast=0.3, saturation=0.3):
+        self.b, self.c, self.s = brightness, contrast, saturation
+
     def __call__(self, s):
-        x = s["image_raw"]; u = lambda a: 1 + a * (2 * torch.rand(()).item() - 1)
+        x = s["image_raw"]
+        u = lambda a: 1 + a * (2 * torch.rand(()).item() - 1)
         gray = lambda x: (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
         x = x * u(self.b)
         x = gray(x).mean() + u(self.c) * (x - gray(x).mean())
@@ -263,9 +300,11 @@ class RandomCrop:
         ph, pw = max(h - H, 0), max(w - W, 0)
         img = F.pad(s["image_raw"], (0, pw, 0, ph), value=0.)
         maps = {k: F.pad(s[k], (0, pw, 0, ph), value=IGNORE_INDEX) for k in label_maps(s)}
-        y0 = int(torch.randint(0, H + ph - h + 1, ()).item()); x0 = int(torch.randint(0, W + pw - w + 1, ()).item())
+        y0 = int(torch.randint(0, H + ph - h + 1, ()).item())
+        x0 = int(torch.randint(0, W + pw - w + 1, ()).item())
         b = s["boxes"].clone()
-        b[:, [0, 2]] = (b[:, [0, 2]] - x0).clamp(0, w); b[:, [1, 3]] = (b[:, [1, 3]] - y0).clamp(0, h)
+        b[:, [0, 2]] = (b[:, [0, 2]] - x0).clamp(0, w)
+        b[:, [1, 3]] = (b[:, [1, 3]] - y0).clamp(0, h)
         b = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
         return dict(s, image_raw=img[:, y0:y0+h, x0:x0+w], boxes=b, **{k: v[y0:y0+h, x0:x0+w] for k, v in maps.items()})
     def __repr__(self): return f"RandomCrop({self.size})"
@@ -292,11 +331,15 @@ def collate(batch: list[dict]) -> dict:
     "Stack a list of samples; `boxes` and `name` stay lists."
     sizes = {tuple(s["mask"].shape) for s in batch}
     if len(sizes) > 1:
-        raise DataError(f"collate: samples have different sizes {sorted(sizes)}; crop them (RandomCrop) or use batch_size=1")
+        raise DataError(
+            f"collate: samples have different sizes {sorted(sizes)}; crop them (RandomCrop) or use batch_size=1"
+        )
     out = {k: torch.stack([s[k] for s in batch]) for k in ("image", "image_raw", "mask", "labels")}
     for k in label_maps(batch[0])[1:]:
         missing = [s.get("name", i) for i, s in enumerate(batch) if k not in s]
-        if missing: raise DataError(f"collate: samples {missing} have no label map {k!r} (the batch's first sample has)")
+        if missing:
+            raise DataError(f"collate: samples {missing} have no label map {k!r} (the batch's first sample has)")
         out[k] = torch.stack([s[k] for s in batch])
-    out["boxes"] = [s["boxes"] for s in batch]; out["name"] = [s["name"] for s in batch]
+    out["boxes"] = [s["boxes"] for s in batch]
+    out["name"] = [s["name"] for s in batch]
     return out

@@ -81,7 +81,9 @@ def _index(ds, index, what="index"):
 def _image_sample(x, name: str) -> dict:
     a = to_numpy(x)
     if a.ndim != 3 or 3 not in (a.shape[0], a.shape[-1]):
-        raise DataError(f"source: expected an image array H×W×3 (uint8 or float in [0, 1]) or 3×H×W, got shape {a.shape}")
+        raise DataError(
+            f"source: expected an image array H×W×3 (uint8 or float in [0, 1]) or 3×H×W, got shape {a.shape}"
+        )
     raw = torch.from_numpy(np.ascontiguousarray(as_rgb(a))).permute(2, 0, 1).float()
     return Normalize()(dict(image_raw=raw, name=name))
 
@@ -91,11 +93,14 @@ def resolve_source(source, run=None, index: int = 0, split: str = "val") -> Sour
     model = cfg = rd = None
     if is_run(source): run = source if run is None else run
     if run is not None:
-        model, cfg = open_run(run); rd = Path(run)
+        model, cfg = open_run(run)
+        rd = Path(run)
     names = None
     if isinstance(source, dict):
         if not isinstance(source.get("image_raw"), torch.Tensor) or source["image_raw"].ndim != 3:
-            raise DataError("source: a sample dict needs 'image_raw', a 3×H×W float tensor in [0, 1] (a VOCDataset sample)")
+            raise DataError(
+                "source: a sample dict needs 'image_raw', a 3×H×W float tensor in [0, 1] (a VOCDataset sample)"
+            )
         sample = dict(source) if "image" in source else Normalize()(dict(source))
         sample.setdefault("name", "sample")
     elif isinstance(source, (str, Path)):
@@ -125,10 +130,13 @@ def as_probs(mask, num_classes: int) -> torch.Tensor:
     if m.ndim == 2 and not m.is_floating_point():
         m = m.long()
         bad = m[(m != IGNORE_INDEX) & ((m < 0) | (m >= num_classes))]
-        if len(bad): raise DataError(f"mask: labels {bad.unique()[:5].tolist()} outside 0..{num_classes - 1} and {IGNORE_INDEX}")
+        if len(bad):
+            raise DataError(f"mask: labels {bad.unique()[:5].tolist()} outside 0..{num_classes - 1} and {IGNORE_INDEX}")
         return F.one_hot(m.masked_fill(m == IGNORE_INDEX, 0), num_classes).permute(2, 0, 1).float()
     if m.ndim != 3 or m.shape[0] != num_classes or not m.is_floating_point():
-        raise DataError(f"mask: expected {num_classes}×h×w probabilities or an h×w label map, got {m.dtype} of shape {tuple(m.shape)}")
+        raise DataError(
+            f"mask: expected {num_classes}×h×w probabilities or an h×w label map, got {m.dtype} of shape {tuple(m.shape)}"
+        )
     return m.float()
 
 def initial_mask(src: Source, mask=None, coarse: int = 8) -> torch.Tensor:
@@ -140,7 +148,9 @@ def initial_mask(src: Source, mask=None, coarse: int = 8) -> torch.Tensor:
         return predict_image(src.model, s["image"].to(dev)).float().cpu()
     gt = s.get("mask")
     if gt is None or bool((gt == IGNORE_INDEX).all()):
-        raise ConfigError("mask: nothing to refine — give `mask` (probabilities or a label map), a run, or a sample with a ground-truth mask")
+        raise ConfigError(
+            "mask: nothing to refine — give `mask` (probabilities or a label map), a run, or a sample with a ground-truth mask"
+        )
     check_int(coarse, "coarse")
     return resize(as_probs(gt, src.num_classes)[None], (coarse, coarse), "area")[0]
 
@@ -151,7 +161,9 @@ def explorer_widget(title: str, controls: dict, render, view=None) -> widgets.VB
     "VBox of `controls` (name → widget), the PNG of `render(**values)` and a status line; re-rendered on every change."
     image = widgets.Image(format="png")
     status = widgets.HTML()
-    image.add_class("wsss-explorer-image"); status.add_class("wsss-explorer-status")
+    image.add_class("wsss-explorer-image")
+    status.add_class("wsss-explorer-status")
+
     def update(*_):
         t0 = time.perf_counter()
         try:
@@ -160,8 +172,14 @@ def explorer_widget(title: str, controls: dict, render, view=None) -> widgets.VB
         except WSSSError as e:
             status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
     for w in controls.values(): w.observe(update, "value")
-    box = widgets.VBox([widgets.HTML(f"<b>{html.escape(title)}</b>"),
-                        widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")), image, status])
+    box = widgets.VBox(
+        [
+            widgets.HTML(f"<b>{html.escape(title)}</b>"),
+            widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")),
+            image,
+            status,
+        ]
+    )
     box.add_class("wsss-explorer")
     box.controls, box.image, box.status, box.update, box.view = controls, image, status, update, view
     update()
@@ -194,11 +212,20 @@ def affinity_map(affinity: torch.Tensor, dilations, y: int, x: int) -> torch.Ten
         check_int(v, n, 0, lim - 1)
     idx = neighbour_index(H, W, dilations, device=affinity.device)[:, y, x]
     if len(idx) != N: raise DataError(f"affinity: {N} neighbours, but dilations {dilations} have {len(idx)}")
-    return torch.zeros(H * W, dtype=affinity.dtype, device=affinity.device).index_add_(0, idx, affinity[0, :, y, x]).view(H, W)
+    return (
+        torch.zeros(H * W, dtype=affinity.dtype, device=affinity.device)
+        .index_add_(0, idx, affinity[0, :, y, x])
+        .view(H, W)
+    )
+
 
 class _Memo(dict):
     "A small per-view cache: key → value, the oldest dropped past `size`."
-    def __init__(self, size: int = 16): super().__init__(); self.size = size
+
+    def __init__(self, size: int = 16):
+        super().__init__()
+        self.size = size
+
     def get(self, key, fn):
         if key not in self:
             if len(self) >= self.size: del self[next(iter(self))]
@@ -210,20 +237,35 @@ class PAMRView:
     def __init__(self, image_raw: torch.Tensor, mask: torch.Tensor, labels=None, gt=None, num_iter: int = 10):
         if not isinstance(image_raw, torch.Tensor) or image_raw.ndim != 3:
             raise DataError("image_raw: expected a 3×H×W float tensor in [0, 1]")
-        self.image, self.mask, self.labels, self.gt, self.num_iter = image_raw.float(), mask.float(), labels, gt, num_iter
+        self.image, self.mask, self.labels, self.gt, self.num_iter = (
+            image_raw.float(),
+            mask.float(),
+            labels,
+            gt,
+            num_iter,
+        )
         self._steps, self._aff = _Memo(), _Memo()
 
     def steps(self, dilations) -> list:
         "The num_iter+1 masks (C+1)×H×W of PAMR with `dilations`, step 0 = the resized input."
         d = check_dilations(dilations)
         lab = None if self.labels is None else self.labels[None]
-        return self._steps.get(d, lambda: [m[0] for m in pamr(self.image[None], self.mask[None], self.num_iter, d, lab, True)[1]])
+        return self._steps.get(
+            d, lambda: [m[0] for m in pamr(self.image[None], self.mask[None], self.num_iter, d, lab, True)[1]]
+        )
 
     def affinity(self, dilations) -> torch.Tensor:
         d = check_dilations(dilations)
         return self._aff.get(d, lambda: pamr_affinity(self.image[None], d))
 
-    def frame(self, t: int | None = None, dilations=DEFAULT_DILATIONS, cls: int = 1, y: int | None = None, x: int | None = None) -> dict:
+    def frame(
+        self,
+        t: int | None = None,
+        dilations=DEFAULT_DILATIONS,
+        cls: int = 1,
+        y: int | None = None,
+        x: int | None = None,
+    ) -> dict:
         "What the explorer shows at iteration `t`: image, labels, P(cls), the kernel of pixel (y, x), mIoU when gt is known."
         t = self.num_iter if t is None else t
         check_int(t, "t", 0, self.num_iter)
@@ -255,26 +297,43 @@ def pamr_figure(f: dict, class_names=None, size: float = 2.6):
     return _tight(fig)
 
 def _class_options(src: Source, n: int):
-    present = range(n) if "labels" not in src.sample else [0, *(int(c) + 1 for c in src.sample["labels"].nonzero()[:, 0])]
+    present = (
+        range(n) if "labels" not in src.sample else [0, *(int(c) + 1 for c in src.sample["labels"].nonzero()[:, 0])]
+    )
     return [(src.class_names[c] if c < len(src.class_names) else f"class {c}", c) for c in present]
 
 def pamr_explorer(source, run=None, mask=None, index: int = 0, split: str = "val", num_iter: int = 10,
                   dilation_sets=DILATION_SETS, coarse: int = 8) -> widgets.VBox:
     "Step through PAMR: iteration, dilation set, class and pixel (whose kernel is shown) on a sample, image or run."
     src = resolve_source(source, run, index, split)
-    view = PAMRView(src.sample["image_raw"], initial_mask(src, mask, coarse), src.sample.get("labels"), src.sample.get("mask"), num_iter)
+    view = PAMRView(
+        src.sample["image_raw"],
+        initial_mask(src, mask, coarse),
+        src.sample.get("labels"),
+        src.sample.get("mask"),
+        num_iter,
+    )
     H, W = view.image.shape[-2:]
     opts = _class_options(src, len(view.mask))
-    controls = dict(t=_slider(num_iter, 0, num_iter, "iteration t"),
-                    dilations=_dropdown([(", ".join(map(str, d)), tuple(d)) for d in dilation_sets], tuple(dilation_sets[0]), "dilations"),
-                    cls=_dropdown(opts, opts[-1][1], "class"), y=_slider(H // 2, 0, H - 1, "pixel y"), x=_slider(W // 2, 0, W - 1, "pixel x"))
-    return explorer_widget(f"PAMR · {src.sample['name']}", controls, lambda **v: pamr_figure(view.frame(**v), src.class_names), view)
+    controls = dict(
+        t=_slider(num_iter, 0, num_iter, "iteration t"),
+        dilations=_dropdown(
+            [(", ".join(map(str, d)), tuple(d)) for d in dilation_sets], tuple(dilation_sets[0]), "dilations"
+        ),
+        cls=_dropdown(opts, opts[-1][1], "class"),
+        y=_slider(H // 2, 0, H - 1, "pixel y"),
+        x=_slider(W // 2, 0, W - 1, "pixel x"),
+    )
+    return explorer_widget(
+        f"PAMR · {src.sample['name']}", controls, lambda **v: pamr_figure(view.frame(**v), src.class_names), view
+    )
 
 # %% ../nbs/60_explore.ipynb #013b45e4
 class SCMView:
     "Self-information, drop and keep probabilities and a sampled drop mask of one image; Î cached per (R, n, h, seed)."
     def __init__(self, image: torch.Tensor, image_raw: torch.Tensor | None = None):
-        if not isinstance(image, torch.Tensor) or image.ndim != 3: raise DataError("image: expected a 3×H×W tensor (the normalised image)")
+        if not isinstance(image, torch.Tensor) or image.ndim != 3:
+            raise DataError("image: expected a 3×H×W tensor (the normalised image)")
         self.image, self.image_raw = image.float(), image if image_raw is None else image_raw
         self._info = _Memo()
 
@@ -291,7 +350,16 @@ class SCMView:
         r = drop_probability(info[None], tau)[0]
         keep = keep_probability(info[None], tau, drop_rate)[0]
         dropped = torch.rand(keep.shape, generator=torch.Generator().manual_seed(seed)) >= keep
-        return dict(image=self.image_raw, info=info, drop=r * r.numel(), keep=keep, dropped=dropped, tau=tau, drop_rate=drop_rate)
+        return dict(
+            image=self.image_raw,
+            info=info,
+            drop=r * r.numel(),
+            keep=keep,
+            dropped=dropped,
+            tau=tau,
+            drop_rate=drop_rate,
+        )
+
 
 def scm_figure(f: dict, size: float = 2.6):
     "The SCM explorer's picture of an `SCMView.frame`."
@@ -310,10 +378,14 @@ def scm_explorer(source, index: int = 0, split: str = "val") -> widgets.VBox:
     "Self-information (radius, bandwidth, samples), drop probability (τ), keep probability (ρ) and a sampled drop mask."
     src = resolve_source(source, None, index, split)
     view = SCMView(src.sample["image"], src.sample["image_raw"])
-    c = dict(radius=_slider(7, 1, 10, "radius R₁"), n_samples=_slider(9, 1, _max_samples(7), "samples |Nₚ|"),
-             bandwidth=_slider(1., -1, 1, "bandwidth h", 0.1, widgets.FloatLogSlider),
-             tau=_slider(0.5, -1.5, 0.7, "τ", 0.1, widgets.FloatLogSlider), drop_rate=_slider(1.5, 0, 5, "ρ", 0.1, widgets.FloatSlider),
-             seed=_slider(0, 0, 20, "seed"))
+    c = dict(
+        radius=_slider(7, 1, 10, "radius R₁"),
+        n_samples=_slider(9, 1, _max_samples(7), "samples |Nₚ|"),
+        bandwidth=_slider(1.0, -1, 1, "bandwidth h", 0.1, widgets.FloatLogSlider),
+        tau=_slider(0.5, -1.5, 0.7, "τ", 0.1, widgets.FloatLogSlider),
+        drop_rate=_slider(1.5, 0, 5, "ρ", 0.1, widgets.FloatSlider),
+        seed=_slider(0, 0, 20, "seed"),
+    )
     def radius_changed(ch):                                   # at most 2R(R+1) offsets in the ball
         c["n_samples"].max = _max_samples(ch["new"])
     c["radius"].observe(radius_changed, "value")              # observed before the re-render (registered first)
@@ -339,17 +411,32 @@ class SPRView:
         for k, a in (("colour", 1.), ("class", 0.), ("mixed", alpha)): out[k] = self.refined(a, num_iter).argmax(0)
         out["pseudo"] = pseudo_gt_labels(pseudo_mask(self.refined(alpha, num_iter)[None], cutoff, cutoff_low))[0]
         out["ignored"] = float((out["pseudo"] == IGNORE_INDEX).float().mean())
-        out["miou"] = {k: None if self.gt is None else image_iou(out[k], self.gt, len(self.mask)) for k in ("colour", "class", "mixed", "pseudo")}
+        out["miou"] = {
+            k: None if self.gt is None else image_iou(out[k], self.gt, len(self.mask))
+            for k in ("colour", "class", "mixed", "pseudo")
+        }
         return out
 
 def spr_figure(f: dict, size: float = 2.6):
     "The SPR explorer's picture of an `SPRView.frame`."
     fig, axs = image_grid(6, 6, size)
-    show_mask(f["gt"], f["image"], axs[0], "ground truth") if f["gt"] is not None else show_image(f["image"], axs[0], "image")
+    show_mask(f["gt"], f["image"], axs[0], "ground truth") if f["gt"] is not None else show_image(
+        f["image"], axs[0], "image"
+    )
     t, m = f["num_iter"], f["miou"]
-    for ax, k, title in zip(axs[1:4], ("colour", "class", "mixed"), ("colour only (α = 1, PAMR)", "class only (α = 0)", f"mixed (α = {f['alpha']:.2f})")):
+    for ax, k, title in zip(
+        axs[1:4],
+        ("colour", "class", "mixed"),
+        ("colour only (α = 1, PAMR)", "class only (α = 0)", f"mixed (α = {f['alpha']:.2f})"),
+    ):
         show_mask(f[k], f["image"], ax, f"{title}\nT = {t}, mIoU {_pct(m[k])}")
-    show_mask(f["pseudo"], f["image"], axs[4], f"pseudo mask (α = {f['alpha']:.2f})\n{100 * f['ignored']:.0f} % ignored", alpha=0.8)
+    show_mask(
+        f["pseudo"],
+        f["image"],
+        axs[4],
+        f"pseudo mask (α = {f['alpha']:.2f})\n{100 * f['ignored']:.0f} % ignored",
+        alpha=0.8,
+    )
     show_mask(f["pseudo"], None, axs[5], f"pseudo mask only\nmIoU {_pct(m['pseudo'])} on labelled pixels")
     return _tight(fig, 0.78)
 
@@ -357,7 +444,13 @@ def spr_explorer(source, run=None, mask=None, index: int = 0, split: str = "val"
                  dilations=DEFAULT_DILATIONS) -> widgets.VBox:
     "α, T and the cutoff of SPR: colour-only, class-only and mixed refinement and the pseudo mask, on a sample, image or run."
     src = resolve_source(source, run, index, split)
-    view = SPRView(src.sample["image_raw"], initial_mask(src, mask, coarse), src.sample.get("labels"), src.sample.get("mask"), dilations)
+    view = SPRView(
+        src.sample["image_raw"],
+        initial_mask(src, mask, coarse),
+        src.sample.get("labels"),
+        src.sample.get("mask"),
+        dilations,
+    )
     c = dict(alpha=_slider(0.8, 0, 1, "α", 0.05, widgets.FloatSlider), num_iter=_slider(10, 0, 20, "iterations T"),
              cutoff=_slider(0.6, 0, 1, "cutoff", 0.05, widgets.FloatSlider))
     return explorer_widget(f"SPR · {src.sample['name']}", c, lambda **v: spr_figure(view.frame(**v)), view)
@@ -377,60 +470,105 @@ class BAPView:
     "Background queries, attention, CAMs and Ycrf/Yret of one boxed sample with a `bana_cls` model (and a GAP one)."
     @torch.no_grad()
     def __init__(self, model, sample: dict, gap_model=None):
-        self.model, self.gap = _check_bana_cls(model, "model"), None if gap_model is None else _check_bana_cls(gap_model, "gap_model")
-        if "boxes" not in sample or not len(sample["boxes"]): raise DataError(f"sample {sample.get('name')!r}: BAP needs boxes (an N×5 'boxes' entry)")
+        self.model, self.gap = (
+            _check_bana_cls(model, "model"),
+            None if gap_model is None else _check_bana_cls(gap_model, "gap_model"),
+        )
+        if "boxes" not in sample or not len(sample["boxes"]):
+            raise DataError(f"sample {sample.get('name')!r}: BAP needs boxes (an N×5 'boxes' entry)")
         self.sample, self.boxes = sample, check_boxes(sample["boxes"])
         dev = next(model.parameters()).device
-        img = sample["image"][None].to(dev); self.size = tuple(img.shape[-2:])
+        img = sample["image"][None].to(dev)
+        self.size = tuple(img.shape[-2:])
         self.classes = sorted({int(c) for c in self.boxes[:, 4]})
         self.features = model.features(img)
         self.cam = class_cam(model.cams(img)[0].cpu(), self.classes, self.size)
-        self.cam_gap = None if self.gap is None else class_cam(self.gap.cams(img.to(next(self.gap.parameters()).device))[0].cpu(), self.classes, self.size)
+        self.cam_gap = (
+            None
+            if self.gap is None
+            else class_cam(self.gap.cams(img.to(next(self.gap.parameters()).device))[0].cpu(), self.classes, self.size)
+        )
         self._pseudo = _Memo()
 
     @torch.no_grad()
     def frame(self, grid_size: int = 4) -> dict:
         "Query cells, attention A (at image size), CAMs, u0, Ycrf, Yret and their disagreement for an N×N grid."
-        f = self.features; h, w = f.shape[-2:]
+        f = self.features
+        h, w = f.shape[-2:]
         inside = boxes_to_mask(self.boxes.to(f.device), (h, w), self.model.stride).any(0)[None]
         q, valid = background_queries(f, ~inside, grid_size)
         A = background_attention(f, inside, q, valid)                     # Eq. 2–3, what model.attention computes
         inside_img = boxes_to_mask(self.boxes, self.size).any(0)
         cells = grid_cells(self.size, grid_size).float().masked_fill(inside_img, float("nan"))
-        p = self._pseudo.get(grid_size, lambda: generate_pseudo_labels(self.model, self.sample, pseudo_config(grid_size=grid_size)))
+        p = self._pseudo.get(
+            grid_size, lambda: generate_pseudo_labels(self.model, self.sample, pseudo_config(grid_size=grid_size))
+        )
         ycrf, yret = p["ycrf"].cpu(), p["yret"].cpu()
-        return dict(image=self.sample["image_raw"], boxes=self.boxes, grid_size=grid_size, cells=cells, valid=valid[0].cpu(),
-                    attention=resize(A[:, None], self.size)[0, 0].cpu(), cam=self.cam, cam_gap=self.cam_gap,
-                    u0=p["u0"].cpu(), ycrf=ycrf, yret=yret, disagree=ycrf != yret, gt=self.sample.get("mask"))
+        return dict(
+            image=self.sample["image_raw"],
+            boxes=self.boxes,
+            grid_size=grid_size,
+            cells=cells,
+            valid=valid[0].cpu(),
+            attention=resize(A[:, None], self.size)[0, 0].cpu(),
+            cam=self.cam,
+            cam_gap=self.cam_gap,
+            u0=p["u0"].cpu(),
+            ycrf=ycrf,
+            yret=yret,
+            disagree=ycrf != yret,
+            gt=self.sample.get("mask"),
+        )
 
 def bap_figure(f: dict, class_names=None, size: float = 2.4):
     "The BAP explorer's picture of a `BAPView.frame`."
     fig, axs = image_grid(10, 5, size)
     img, N, H, W = f["image"], f["grid_size"], *f["image"].shape[-2:]
-    show_image(img, axs[0], "image and boxes"); draw_boxes(f["boxes"], axs[0], class_names and list(class_names[1:]))
+    show_image(img, axs[0], "image and boxes")
+    draw_boxes(f["boxes"], axs[0], class_names and list(class_names[1:]))
     show_image(img, axs[1], f"query cells: {int(f['valid'].sum())} of {N * N} with background")
     axs[1].imshow(to_numpy(f["cells"]) % 20, cmap="tab20", vmin=0, vmax=19, alpha=0.55, interpolation="nearest")
     for j in (~f["valid"]).nonzero()[:, 0].tolist():
-        axs[1].text((j % N + .5) * W / N - .5, (j // N + .5) * H / N - .5, "×", ha="center", va="center", color="w", fontsize=12)
+        axs[1].text(
+            (j % N + 0.5) * W / N - 0.5,
+            (j // N + 0.5) * H / N - 0.5,
+            "×",
+            ha="center",
+            va="center",
+            color="w",
+            fontsize=12,
+        )
     show_heatmap(f["attention"], axs[2], f"attention A, N = {N} (1 outside)", vmin=0, vmax=1)
     show_heatmap(f["cam"], axs[3], "CAM, BAP classifier", vmin=0, vmax=1, image=img)
     if f["cam_gap"] is not None: show_heatmap(f["cam_gap"], axs[4], "CAM, GAP classifier", vmin=0, vmax=1, image=img)
     else: axs[4].set_title("(no GAP run given)", fontsize=9)
     show_heatmap(f["u0"], axs[5], f"background unary u₀, N = {N}", vmin=0, vmax=1)
     for ax, k, title in ((axs[6], "ycrf", "Ycrf"), (axs[7], "yret", "Yret")):
-        show_mask(f[k], None, ax, title); draw_boxes(f["boxes"], ax, lw=0.8)
-    show_image(highlight(img, f["disagree"]), axs[8], f"Ycrf ≠ Yret ({100 * float(f['disagree'].float().mean()):.0f} % of pixels)")
+        show_mask(f[k], None, ax, title)
+        draw_boxes(f["boxes"], ax, lw=0.8)
+    show_image(
+        highlight(img, f["disagree"]),
+        axs[8],
+        f"Ycrf ≠ Yret ({100 * float(f['disagree'].float().mean()):.0f} % of pixels)",
+    )
     if f["gt"] is not None: show_mask(f["gt"], None, axs[9], "ground truth")
     return _tight(fig, 0.92)
 
 def bap_explorer(source, run=None, gap_run=None, index: int = 0, split: str = "val", boxes=None) -> widgets.VBox:
     "Grid size N of BAP: query cells, attention, CAMs under BAP (and GAP), u0, Ycrf, Yret and their disagreement."
     src = resolve_source(source, run, index, split)
-    if src.model is None: raise ConfigError("run: the BAP explorer needs a stage-1 'bana_cls' run (give `run`, or a run folder as source)")
-    sample = src.sample if boxes is None else dict(src.sample, boxes=check_boxes(boxes))   # e.g. boxes drawn on one's own image
+    if src.model is None:
+        raise ConfigError(
+            "run: the BAP explorer needs a stage-1 'bana_cls' run (give `run`, or a run folder as source)"
+        )
+    sample = (
+        src.sample if boxes is None else dict(src.sample, boxes=check_boxes(boxes))
+    )  # e.g. boxes drawn on one's own image
     view = BAPView(src.model, sample, None if gap_run is None else open_run(gap_run)[0])
     c = dict(grid_size=_slider(4, 1, 8, "grid N"))
-    return explorer_widget(f"BAP · {src.sample['name']}", c, lambda **v: bap_figure(view.frame(**v), src.class_names), view)
+    return explorer_widget(
+        f"BAP · {src.sample['name']}", c, lambda **v: bap_figure(view.frame(**v), src.class_names), view
+    )
 
 # %% ../nbs/60_explore.ipynb #55ca7d59
 def rescale_confidence(sigma, gamma: float, gamma0: float):
@@ -443,7 +581,9 @@ class ConfidenceView:
     "NAL's saved confidence maps {name: {epoch: σ}} (with images and Ycrf/Yret when known), rescaled to any γ."
     def __init__(self, maps: dict, gamma0: float = 7.0, images: dict | None = None, pseudo: dict | None = None):
         if not maps or not all(isinstance(v, dict) and v for v in maps.values()):
-            raise DataError("maps: expected {image name: {epoch: σ map}} with at least one map (see read_confidence_maps)")
+            raise DataError(
+                "maps: expected {image name: {epoch: σ map}} with at least one map (see read_confidence_maps)"
+            )
         self.maps, self.gamma0, self.images, self.pseudo = maps, gamma0, images or {}, pseudo or {}
 
     @classmethod
@@ -456,7 +596,9 @@ class ConfidenceView:
         maps, mc = read_confidence_maps(rd), cfg["method_cfg"]
         ds = dataset(cfg["data_root"], cfg["train_split"])
         images = {n: ds.read(ds.names.index(n))["image"] for n in maps if n in ds.names}
-        pseudo = {n: read_pseudo_labels(mc["pseudo_dir"], n, ds.num_classes) for n in maps} if mc.get("pseudo_dir") else {}
+        pseudo = (
+            {n: read_pseudo_labels(mc["pseudo_dir"], n, ds.num_classes) for n in maps} if mc.get("pseudo_dir") else {}
+        )
         return cls(maps, mc["gamma"], images, pseudo)
 
     def frame(self, name: str | None = None, epoch: int | None = None, gamma: float | None = None) -> dict:
@@ -464,7 +606,8 @@ class ConfidenceView:
         name = next(iter(self.maps)) if name is None else name
         if name not in self.maps: raise ConfigError(f"name={name!r}: no confidence maps; saved: {sorted(self.maps)}")
         epoch = max(self.maps[name]) if epoch is None else epoch
-        if epoch not in self.maps[name]: raise ConfigError(f"epoch={epoch!r}: saved epochs of {name!r} are {sorted(self.maps[name])}")
+        if epoch not in self.maps[name]:
+            raise ConfigError(f"epoch={epoch!r}: saved epochs of {name!r} are {sorted(self.maps[name])}")
         gamma = self.gamma0 if gamma is None else gamma
         sigma = rescale_confidence(self.maps[name][epoch], gamma, self.gamma0)
         p = self.pseudo.get(name)
@@ -478,13 +621,23 @@ def confidence_figure(f: dict, size: float = 2.6):
     fig, axs = image_grid(5, 5, size)
     img = f["image"] if f["image"] is not None else np.zeros((*f["sigma"].shape, 3))
     if f["ycrf"] is not None:
-        show_mask(f["ycrf"], img, axs[0], f"Ycrf · {f['name']}"); show_mask(f["yret"], img, axs[1], "Yret")
-        show_image(highlight(img, f["unreliable"]), axs[2], f"~S: Ycrf ≠ Yret ({100 * float(f['unreliable'].mean()):.0f} %)")
+        show_mask(f["ycrf"], img, axs[0], f"Ycrf · {f['name']}")
+        show_mask(f["yret"], img, axs[1], "Yret")
+        show_image(
+            highlight(img, f["unreliable"]), axs[2], f"~S: Ycrf ≠ Yret ({100 * float(f['unreliable'].mean()):.0f} %)"
+        )
     else: show_image(img, axs[0], f["name"])
     show_heatmap(f["sigma"], axs[3], f"σ, epoch {f['epoch']}, γ = {f['gamma']:.3g}", vmin=0, vmax=1)
     if f["unreliable"] is not None:
-        show_heatmap(np.where(f["unreliable"], f["sigma"], np.nan), axs[4], f"σ on ~S (mean {_pct(f['mean_unreliable'])} %)",
-                     vmin=0, vmax=1, image=img, alpha=1.)
+        show_heatmap(
+            np.where(f["unreliable"], f["sigma"], np.nan),
+            axs[4],
+            f"σ on ~S (mean {_pct(f['mean_unreliable'])} %)",
+            vmin=0,
+            vmax=1,
+            image=img,
+            alpha=1.0,
+        )
     return _tight(fig)
 
 def confidence_explorer(source) -> widgets.VBox:
@@ -492,11 +645,18 @@ def confidence_explorer(source) -> widgets.VBox:
     view = source if isinstance(source, ConfidenceView) else ConfidenceView.from_run(source)
     names = list(view.maps)
     epochs = lambda n: sorted(view.maps[n])
-    c = dict(name=_dropdown(names, names[0], "image"),
-             epoch=widgets.SelectionSlider(options=epochs(names[0]), value=epochs(names[0])[-1], description="epoch", continuous_update=False),
-             gamma=_slider(float(view.gamma0), 0, max(15., 2 * view.gamma0), "γ", 0.5, widgets.FloatSlider))
+    c = dict(
+        name=_dropdown(names, names[0], "image"),
+        epoch=widgets.SelectionSlider(
+            options=epochs(names[0]), value=epochs(names[0])[-1], description="epoch", continuous_update=False
+        ),
+        gamma=_slider(float(view.gamma0), 0, max(15.0, 2 * view.gamma0), "γ", 0.5, widgets.FloatSlider),
+    )
     def name_changed(ch):
-        e = epochs(ch["new"]); c["epoch"].options = e; c["epoch"].value = e[-1]
+        e = epochs(ch["new"])
+        c["epoch"].options = e
+        c["epoch"].value = e[-1]
+
     c["name"].observe(name_changed, "value")
     return explorer_widget("NAL confidence", c, lambda **v: confidence_figure(view.frame(**v)), view)
 
@@ -506,8 +666,10 @@ def find_runs(source) -> dict:
     paths = list(source) if isinstance(source, (list, tuple)) else [source]
     runs = []
     for p in map(Path, paths):
-        if is_run(p): runs.append(p)
-        elif p.is_dir(): runs += sorted(q.parent for q in p.rglob("config.json") if (q.parent/"checkpoint.pt").is_file())
+        if is_run(p):
+            runs.append(p)
+        elif p.is_dir():
+            runs += sorted(q.parent for q in p.rglob("config.json") if (q.parent / "checkpoint.pt").is_file())
         else: raise DataError(f"{p}: not a run folder nor a folder holding runs")
     if not runs: raise DataError(f"{source}: no finished runs (folders with config.json and checkpoint.pt)")
     label = lambda p: f"{json.loads((p/'config.json').read_text()).get('method', '?')} · {p.name}"
@@ -530,13 +692,25 @@ class RunView:
 
     @torch.no_grad()
     def _frame(self, run, index):
-        model, _ = open_run(self.runs[run]); ds = self.dataset(run)
+        model, _ = open_run(self.runs[run])
+        ds = self.dataset(run)
         s = ds[_index(ds, index)]
         p = predict_image(model, s["image"].to(next(model.parameters()).device), self.infer).float().cpu()
         pred, crf = p.argmax(0), dense_crf(to_uint8(s["image_raw"]), p).argmax(0)
         gt, K = s["mask"], model.num_classes
-        return dict(run=run, name=s["name"], index=index, image=s["image_raw"], gt=gt, pred=pred, crf=crf,
-                    iou=image_iou(pred, gt, K), iou_crf=image_iou(crf, gt, K), error=(pred != gt) & (gt != IGNORE_INDEX))
+        return dict(
+            run=run,
+            name=s["name"],
+            index=index,
+            image=s["image_raw"],
+            gt=gt,
+            pred=pred,
+            crf=crf,
+            iou=image_iou(pred, gt, K),
+            iou_crf=image_iou(crf, gt, K),
+            error=(pred != gt) & (gt != IGNORE_INDEX),
+        )
+
 
 def run_figure(f: dict, size: float = 2.6):
     "The run explorer's picture of a `RunView.frame`."
@@ -545,13 +719,19 @@ def run_figure(f: dict, size: float = 2.6):
     show_mask(f["gt"], None, axs[1], "ground truth")
     show_mask(f["pred"], None, axs[2], f"prediction\nmIoU {_pct(f['iou'])}")
     show_mask(f["crf"], None, axs[3], f"+ CRF\nmIoU {_pct(f['iou_crf'])}")
-    show_image(highlight(f["image"], f["error"]), axs[4], f"errors of the prediction\n{100 * float(f['error'].float().mean()):.0f} % of pixels")
+    show_image(
+        highlight(f["image"], f["error"]),
+        axs[4],
+        f"errors of the prediction\n{100 * float(f['error'].float().mean()):.0f} % of pixels",
+    )
     return _tight(fig, 0.8)
 
 def run_explorer(runs, split: str = "val", index: int = 0, infer: InferConfig | None = None) -> widgets.VBox:
     "Pick a run and scrub its `split`: image, ground truth, prediction, CRF and error map with per-image mIoU."
     view = RunView(find_runs(runs), split, infer)
     labels = list(view.runs)
-    c = dict(run=_dropdown(labels, labels[0], "run"), index=_slider(index, 0, len(view.dataset(labels[0])) - 1, "image"))
+    c = dict(
+        run=_dropdown(labels, labels[0], "run"), index=_slider(index, 0, len(view.dataset(labels[0])) - 1, "image")
+    )
     c["run"].observe(lambda ch: setattr(c["index"], "max", len(view.dataset(ch["new"])) - 1), "value")
     return explorer_widget("Runs", c, lambda **v: run_figure(view.frame(**v)), view)

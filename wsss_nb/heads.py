@@ -38,7 +38,8 @@ class ASPP(nn.Module):
     "DeepLabv3 ASPP: 1×1, three dilated 3×3 and an image-pooling branch, concatenated and projected to `out_channels`."
     def __init__(self, in_channels: int, out_channels: int = 256, rates=(6, 12, 18), dropout: float = 0.1):
         super().__init__()
-        check_int(in_channels, "in_channels"); check_int(out_channels, "out_channels")
+        check_int(in_channels, "in_channels")
+        check_int(out_channels, "out_channels")
         if (not isinstance(rates, (tuple, list)) or not rates
                 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
             raise ConfigError(f"rates={rates!r}: expected a non-empty sequence of positive integer dilation rates")
@@ -47,7 +48,8 @@ class ASPP(nn.Module):
         self.branches = nn.ModuleList([conv_bn_relu(in_channels, out_channels, 1)] +
                                       [conv_bn_relu(in_channels, out_channels, 3, r) for r in rates])
         pool_conv = nn.Conv2d(in_channels, out_channels, 1, bias=True)
-        nn.init.kaiming_normal_(pool_conv.weight, nonlinearity="relu"); nn.init.zeros_(pool_conv.bias)
+        nn.init.kaiming_normal_(pool_conv.weight, nonlinearity="relu")
+        nn.init.zeros_(pool_conv.bias)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), pool_conv, nn.ReLU(inplace=True))  # no BN: batch 1 works
         self.project = nn.Sequential(conv_bn_relu(out_channels * (len(rates) + 2), out_channels, 1),
                                      nn.Dropout(dropout))
@@ -99,7 +101,8 @@ class CAMHead(nn.Module):
     "1×1 linear classifier without bias: `forward(features)` → dict(cams=B×C×h×w raw maps, logits=B×C GAP scores)."
     def __init__(self, in_channels: int, num_classes: int):
         super().__init__()
-        check_int(in_channels, "in_channels"); check_int(num_classes, "num_classes")
+        check_int(in_channels, "in_channels")
+        check_int(num_classes, "num_classes")
         self.in_channels, self.num_classes = in_channels, num_classes
         self.classifier = nn.Conv2d(in_channels, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.classifier.weight)  # as the SSSS CAM baseline
@@ -110,7 +113,9 @@ class CAMHead(nn.Module):
         return dict(cams=cams, logits=cams.mean((2, 3)))
 
 # %% ../nbs/06_heads.ipynb #cd362433
-def normalize_cams(cams: torch.Tensor, labels: torch.Tensor | None = None, size=None, eps: float = 1e-5) -> torch.Tensor:
+def normalize_cams(
+    cams: torch.Tensor, labels: torch.Tensor | None = None, size=None, eps: float = 1e-5
+) -> torch.Tensor:
     "ReLU, optional bilinear upsampling to `size`, max-normalisation per image and class to [0, 1], absent classes zeroed."
     check_shape(cams, "cams", "B×C×h×w")
     x = F.relu(cams)
@@ -153,9 +158,15 @@ class CosineClassifier(nn.Module):
     "Per-pixel logits τ·cos(f(p), w_c) (BANA); `cosine=False` gives the dot product f(p)·w_c. B×K(×H×W) → B×C(×H×W)."
     def __init__(self, in_channels: int, num_classes: int, scale: float = 20.0, cosine: bool = True):
         super().__init__()
-        check_int(in_channels, "in_channels"); check_int(num_classes, "num_classes")
+        check_int(in_channels, "in_channels")
+        check_int(num_classes, "num_classes")
         check_num(scale, "scale", 0, lo_open=True)
-        self.in_channels, self.num_classes, self.scale, self.cosine = in_channels, num_classes, float(scale), bool(cosine)
+        self.in_channels, self.num_classes, self.scale, self.cosine = (
+            in_channels,
+            num_classes,
+            float(scale),
+            bool(cosine),
+        )
         self.weight = nn.Parameter(torch.empty(num_classes, in_channels))
         nn.init.xavier_uniform_(self.weight)
 

@@ -46,8 +46,14 @@ def importance_sample(logits: torch.Tensor, probs: torch.Tensor, n_samples: int 
                             generator=generator).view(B, C, n_samples)
     return logits.flatten(2).gather(2, idx), idx
 
-def importance_sampling_loss(logits: torch.Tensor, labels: torch.Tensor, n_samples: int = 10,
-                             posterior: str = "binomial", generator=None, bg_logit: float | None = None) -> torch.Tensor:
+def importance_sampling_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    n_samples: int = 10,
+    posterior: str = "binomial",
+    generator=None,
+    bg_logit: float | None = None,
+) -> torch.Tensor:
     "Multi-sample ISL (Eq. 18): the multi-label soft margin of the sampled logits, averaged over the N samples."
     samples, _ = importance_sample(logits, isl_probs(logits, posterior, bg_logit), n_samples, generator)
     B, C, N = samples.shape
@@ -87,7 +93,8 @@ def _residual_window(x, a, mu, sigma, radius):
         j = (slice(dy, h), slice(max(0, dx), w - max(0, -dx)))             # ... and its partner i + k
         W = pixel_dissimilarity((x[:, :, i[0], i[1]] - x[:, :, j[0], j[1]]).abs().mean(1), mu)
         W.mul_(_gauss(dy * dy + dx * dx, sigma, h * w))
-        d[:, i[0], i[1]] += W; d[:, j[0], j[1]] += W
+        d[:, i[0], i[1]] += W
+        d[:, j[0], j[1]] += W
         M[:, :, i[0], i[1]].addcmul_(W[:, None], a[:, :, j[0], j[1]])
         M[:, :, j[0], j[1]].addcmul_(W[:, None], a[:, :, i[0], i[1]])
     return d[:, None] * a - M
@@ -131,9 +138,12 @@ def _cpu_threads(n: int | None, device: torch.device):
 def feature_similarity_loss(image: torch.Tensor, cam: torch.Tensor, mu: float = 2.5, sigma: float | None = 5.0,
                             radius: float | str | None = None, *, cpu_threads: int | None = 1) -> torch.Tensor:
     "FSL (Eq. 9): image B×K×h×w in [0, 1] (clamped), gating input B×C×h×w; dense when `radius` is None, else pairs within `radius` ('auto': 4σ)."
-    check_shape(image, "image", "B×3×h×w"); check_shape(cam, "cam", "B×C×h×w")
+    check_shape(image, "image", "B×3×h×w")
+    check_shape(cam, "cam", "B×C×h×w")
     if image.shape[0] != cam.shape[0] or image.shape[2:] != cam.shape[2:]:
-        raise DataError(f"image, cam: expected the same batch size and h×w, got {tuple(image.shape)} and {tuple(cam.shape)}")
+        raise DataError(
+            f"image, cam: expected the same batch size and h×w, got {tuple(image.shape)} and {tuple(cam.shape)}"
+        )
     mu = check_num(mu, "mu")
     if sigma is not None: sigma = check_num(sigma, "sigma", 0, lo_open=True)
     if isinstance(radius, str):
@@ -157,7 +167,9 @@ def feature_similarity_loss(image: torch.Tensor, cam: torch.Tensor, mu: float = 
     return -S / (B * h * w)
 
 # %% ../nbs/30_isl_fsl.ipynb #8140ffd6
-def fsl_gate(cams: torch.Tensor, labels: torch.Tensor | None = None, gating: str = "r", background: bool = True) -> torch.Tensor:
+def fsl_gate(
+    cams: torch.Tensor, labels: torch.Tensor | None = None, gating: str = "r", background: bool = True
+) -> torch.Tensor:
     "FSL gating input from raw CAM scores B×C×h×w: r (Eq. 4), b (Eq. 14), s or a (softmax); absent classes zeroed; ± background channel."
     check_shape(cams, "cams", "B×C×h×w")
     if gating not in GATINGS: raise ConfigError(f"gating={gating!r}: expected one of {list(GATINGS)}")
@@ -166,8 +178,10 @@ def fsl_gate(cams: torch.Tensor, labels: torch.Tensor | None = None, gating: str
     if gating == "a":
         x = cams.masked_fill(present == 0, float("-inf"))
         if background: x = torch.cat([torch.zeros_like(cams[:, :1]), x], 1)
-        return x.softmax(1).nan_to_num(0.)                 # no class present and no background: all zero
-    a = {"r": lambda: normalize_cams(cams, labels), "b": lambda: cams.sigmoid() * present, "s": lambda: cams * present}[gating]()
+        return x.softmax(1).nan_to_num(0.)  # no class present and no background: all zero
+    a = {"r": lambda: normalize_cams(cams, labels), "b": lambda: cams.sigmoid() * present, "s": lambda: cams * present}[
+        gating
+    ]()
     if background and gating != "s": a = torch.cat([1 - a.amax(1, keepdim=True), a], 1)
     return a
 
@@ -175,14 +189,17 @@ def fsl_gate(cams: torch.Tensor, labels: torch.Tensor | None = None, gating: str
 @dataclass
 class ISLConfig:
     "Importance sampling loss options (Sec. 4.2); on when `lam` > 0 (off by default)."
-    lam: float = 0.0                       # λ of Eq. 16 (the paper's choice, Fig. 6: 0.2); 0 = off, the plain classification loss
+
+    lam: float = 0.0  # λ of Eq. 16 (the paper's choice, Fig. 6: 0.2); 0 = off, the plain classification loss
     n_samples: int = 10                    # N of Eq. 18 (Table 5: 10)
     posterior: typing.Literal["binomial", "multinomial"] = "binomial"
     bg_logit: float | None = None          # multinomial only: a constant background logit joins the softmax
 
     def __post_init__(self):
-        check_num(self.lam, "isl.lam", 0, 1); check_int(self.n_samples, "isl.n_samples")
-        if self.posterior not in POSTERIORS: raise ConfigError(f"isl.posterior={self.posterior!r}: expected one of {list(POSTERIORS)}")
+        check_num(self.lam, "isl.lam", 0, 1)
+        check_int(self.n_samples, "isl.n_samples")
+        if self.posterior not in POSTERIORS:
+            raise ConfigError(f"isl.posterior={self.posterior!r}: expected one of {list(POSTERIORS)}")
         if self.bg_logit is not None: check_num(self.bg_logit, "isl.bg_logit")
 
 @dataclass
@@ -196,7 +213,8 @@ class FSLConfig:
     background: bool = True                # add the background channel, as the official code
 
     def __post_init__(self):
-        check_num(self.weight, "fsl.weight", 0); check_num(self.mu, "fsl.mu")
+        check_num(self.weight, "fsl.weight", 0)
+        check_num(self.mu, "fsl.mu")
         if self.sigma is not None: check_num(self.sigma, "fsl.sigma", 0, lo_open=True)
         if self.radius is not None: check_num(self.radius, "fsl.radius", 1)
         if self.gating not in GATINGS: raise ConfigError(f"fsl.gating={self.gating!r}: expected one of {list(GATINGS)}")
@@ -211,7 +229,9 @@ def hfpl_losses(batch: dict, cam_logits: torch.Tensor, labels: torch.Tensor, isl
     "The enabled HFPL terms, unweighted: `isl` (Eq. 18 on the CAM scores B×C×h×w) and `fsl` (Eq. 9 on the gated CAMs)."
     out = {}
     if isl_cfg is not None and isl_cfg.lam > 0:
-        out["isl"] = importance_sampling_loss(cam_logits, labels, isl_cfg.n_samples, isl_cfg.posterior, generator, isl_cfg.bg_logit)
+        out["isl"] = importance_sampling_loss(
+            cam_logits, labels, isl_cfg.n_samples, isl_cfg.posterior, generator, isl_cfg.bg_logit
+        )
     if fsl_cfg is not None and fsl_cfg.weight > 0:
         image = batch.get("image_raw") if isinstance(batch, dict) else None
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
@@ -222,8 +242,15 @@ def hfpl_losses(batch: dict, cam_logits: torch.Tensor, labels: torch.Tensor, isl
         out["fsl"] = feature_similarity_loss(image, gate, fsl_cfg.mu, fsl_cfg.sigma, fsl_cfg.loss_radius)
     return out
 
-def with_hfpl(terms: dict, batch: dict, cam_logits: torch.Tensor, labels: torch.Tensor, isl_cfg: ISLConfig | None = None,
-              fsl_cfg: FSLConfig | None = None, generator=None) -> dict:
+def with_hfpl(
+    terms: dict,
+    batch: dict,
+    cam_logits: torch.Tensor,
+    labels: torch.Tensor,
+    isl_cfg: ISLConfig | None = None,
+    fsl_cfg: FSLConfig | None = None,
+    generator=None,
+) -> dict:
     "A method's loss dict (`cls`, `total`, ...) with HFPL: cls → (1−λ)·cls + λ·isl (Eq. 16), total += weight·fsl; `isl`/`fsl` added."
     extra = hfpl_losses(batch, cam_logits, labels, isl_cfg, fsl_cfg, generator)
     if not extra: return terms
@@ -241,4 +268,7 @@ def aggregate_seeds(runs, metrics: dict = TABLE_METRICS, digits: int = 1, scale:
     "Table cells from the metric dicts of several seeds: {column: 'mean±std'} for `metrics` (column → key), plus `n` runs."
     if isinstance(runs, dict) or not all(isinstance(r, dict) for r in runs):
         raise DataError("runs: expected a list of metric dicts (one per seed)")
-    return {**{col: mean_std([r.get(key) for r in runs], digits, scale) for col, key in metrics.items()}, "n": len(runs)}
+    return {
+        **{col: mean_std([r.get(key) for r in runs], digits, scale) for col, key in metrics.items()},
+        "n": len(runs),
+    }

@@ -13,8 +13,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import (ConfigError, CheckpointError, DataError, get_device, atomic_open, atomic_write_json, check_int,
-                          check_num, resize)
+from wsss_nb.core import (
+    ConfigError,
+    CheckpointError,
+    DataError,
+    get_device,
+    atomic_open,
+    atomic_write_json,
+    check_int,
+    check_num,
+    resize,
+)
 from .data import VOCDataset, save_mask
 from .metrics import SegEvaluator
 from .crf import dense_crf
@@ -46,11 +55,13 @@ class InferConfig:
 def predict_image(model, image: torch.Tensor, cfg: InferConfig = InferConfig(), labels=None) -> torch.Tensor:
     "(C+1)×H×W probabilities for one normalised 3×H×W image, merged over scales and flips."
     if image.ndim != 3 or image.shape[0] != 3: raise ConfigError(f"image: expected 3×H×W, got {tuple(image.shape)}")
-    x = image[None]; H, W = x.shape[-2:]
+    x = image[None]
+    H, W = x.shape[-2:]
     if labels is not None: labels = labels.reshape(1, -1).float()
     elif cfg.min_confidence is not None:
         conf = model.classify(x)
-        if conf is None: raise ConfigError(f"min_confidence: method {type(model).__name__} has no classifier (classify)")
+        if conf is None:
+            raise ConfigError(f"min_confidence: method {type(model).__name__} has no classifier (classify)")
         labels = (conf >= cfg.min_confidence).float()
     total = 0.
     for s in cfg.scales:
@@ -60,7 +71,8 @@ def predict_image(model, image: torch.Tensor, cfg: InferConfig = InferConfig(), 
             total = total + resize(p.flip(-1) if flip else p, (H, W))
     p = (total / (len(cfg.scales) * (2 if cfg.flip else 1)))[0]
     if cfg.bg_power is not None:
-        p = torch.cat([p[:1].clamp_min(0) ** cfg.bg_power, p[1:]]); p = p / p.sum(0, keepdim=True).clamp_min(1e-12)
+        p = torch.cat([p[:1].clamp_min(0) ** cfg.bg_power, p[1:]])
+        p = p / p.sum(0, keepdim=True).clamp_min(1e-12)
     return p
 
 def to_uint8(image_raw: torch.Tensor) -> np.ndarray:
@@ -72,26 +84,35 @@ def load_run(run_dir, device=None):
     "A trained method and its RunConfig from `runs/<hash>/`; the benchmark at its `data_root` must be the one it trained on."
     rd = Path(run_dir)
     if not (rd/"config.json").is_file(): raise ConfigError(f"{rd}: not a run folder (no config.json)")
-    if not (rd/"checkpoint.pt").is_file(): raise CheckpointError(f"{rd}/checkpoint.pt: no checkpoint (the run has not finished an epoch)")
+    if not (rd / "checkpoint.pt").is_file():
+        raise CheckpointError(f"{rd}/checkpoint.pt: no checkpoint (the run has not finished an epoch)")
     cfg = run_config(rd/"config.json")
     classes = VOCDataset(cfg.data_root, cfg.val_split).num_classes
     model = build_method(cfg.method, classes, cfg.method_cfg, cfg.backbone_cfg)
     then, now = load_checkpoint(rd/"checkpoint.pt", model).get("data"), data_fingerprint(cfg.data_root)
     if then is not None and then != now:
-        raise DataError(f"{rd}: trained on benchmark {then} at {cfg.data_root}, which now holds "
-                        f"{'benchmark ' + now if now else 'no generated benchmark'}; rebuild that benchmark or retrain the run")
+        raise DataError(
+            f"{rd}: trained on benchmark {then} at {cfg.data_root}, which now holds "
+            f"{'benchmark ' + now if now else 'no generated benchmark'}; rebuild that benchmark or retrain the run"
+        )
     return model.to(get_device(device or cfg.device)).eval(), cfg
 
 def check_export(export, data_root, overwrite: bool = False) -> Path:
     "`export` as a Path when predictions may be written there: outside every dataset root, and empty unless `overwrite`."
     out = Path(export).expanduser().resolve()
-    roots = {Path(data_root).expanduser().resolve()} | {p for p in (out, *out.parents) if (p/"JPEGImages").is_dir() and (p/"ImageSets").is_dir()}
+    roots = {Path(data_root).expanduser().resolve()} | {
+        p for p in (out, *out.parents) if (p / "JPEGImages").is_dir() and (p / "ImageSets").is_dir()
+    }
     for r in roots:
         if out == r or r in out.parents:
-            raise ConfigError(f"export={export}: inside the dataset root {r}; it would overwrite the dataset — choose a folder outside it")
+            raise ConfigError(
+                f"export={export}: inside the dataset root {r}; it would overwrite the dataset — choose a folder outside it"
+            )
     if out.exists() and not out.is_dir(): raise ConfigError(f"export={export}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"export={export}: folder is not empty; choose an empty one or pass overwrite=True (`--force`)")
+        raise ConfigError(
+            f"export={export}: folder is not empty; choose an empty one or pass overwrite=True (`--force`)"
+        )
     return out
 
 def evaluate(run_or_model, split: str = "val", cfg: InferConfig = InferConfig(), data_root=None,
@@ -99,7 +120,9 @@ def evaluate(run_or_model, split: str = "val", cfg: InferConfig = InferConfig(),
              boundary_ratio: float = 0.02, overwrite: bool = False) -> dict:
     "Score a run folder or a model on `split` (SegEvaluator summary, bIoU at `boundary_ratio`); optionally export predictions."
     if max_images is not None: check_int(max_images, "max_images")
-    if isinstance(run_or_model, (str, Path)): model, rc = load_run(run_or_model); data_root = data_root or rc.data_root
+    if isinstance(run_or_model, (str, Path)):
+        model, rc = load_run(run_or_model)
+        data_root = data_root or rc.data_root
     else: model = run_or_model.eval()
     if data_root is None: raise ConfigError("data_root: needed when evaluating a model rather than a run folder")
     if export is not None: export = check_export(export, data_root, overwrite)

@@ -64,7 +64,9 @@ class Method(nn.Module, abc.ABC):
         self.num_classes = num_classes          # counts background
         self.cfg = self.config(cfg)
         bb = backbone or BackboneConfig()
-        self.backbone = get_backbone(bb.name, output_stride=bb.output_stride, weights=bb.weights, freeze_bn=bb.freeze_bn)
+        self.backbone = get_backbone(
+            bb.name, output_stride=bb.output_stride, weights=bb.weights, freeze_bn=bb.freeze_bn
+        )
 
     @classmethod
     def config(cls, cfg=None):
@@ -99,8 +101,12 @@ class Method(nn.Module, abc.ABC):
     def param_groups(self, cfg) -> list[dict]:
         "Backbone parameters at `cfg.lr_backbone`, every other (new) parameter at `cfg.lr`."
         bb = {id(p) for p in self.backbone.parameters()}
-        groups = [dict(name="backbone", lr=cfg.lr_backbone, params=[p for p in self.backbone.parameters() if p.requires_grad]),
-                  dict(name="new", lr=cfg.lr, params=[p for p in self.parameters() if id(p) not in bb and p.requires_grad])]
+        groups = [
+            dict(
+                name="backbone", lr=cfg.lr_backbone, params=[p for p in self.backbone.parameters() if p.requires_grad]
+            ),
+            dict(name="new", lr=cfg.lr, params=[p for p in self.parameters() if id(p) not in bb and p.requires_grad]),
+        ]
         return [g for g in groups if g["params"]]
 
 # %% ../nbs/07_methods.ipynb #3fc4ce82
@@ -124,12 +130,15 @@ class FullySupervised(Method):
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
         ch, c = self.backbone.channels, self.cfg
-        self.aspp = ASPP(ch["deep"], c.aspp_channels, rates=aspp_rates(self.backbone.strides["deep"]), dropout=c.dropout)
+        self.aspp = ASPP(
+            ch["deep"], c.aspp_channels, rates=aspp_rates(self.backbone.strides["deep"]), dropout=c.dropout
+        )
         self.decoder = DeepLabV3PlusDecoder(c.aspp_channels, ch["shallow"], out_channels=c.decoder_channels)
         self.classifier = nn.Conv2d(c.decoder_channels, num_classes, 1)
 
     def forward(self, batch):
-        img = batch["image"]; f = self.backbone(img)
+        img = batch["image"]
+        f = self.backbone(img)
         return dict(logits=resize(self.classifier(self.decoder(self.aspp(f["deep"]), f["shallow"])), img.shape[-2:]))
 
     def losses(self, batch, out, epoch):

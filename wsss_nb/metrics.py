@@ -29,9 +29,13 @@ def label_array(x, name: str, batch: bool = False) -> np.ndarray:
     "`x` (tensor, array or array-like) as an int64 numpy label map: H×W, or also B×H×W when `batch`."
     a = _np(x, name)
     if a.ndim != 2 and not (batch and a.ndim == 3):
-        raise DataError(f"{name}: expected an H×W label map{' or a B×H×W batch' if batch else ''}, got shape {tuple(a.shape)}")
+        raise DataError(
+            f"{name}: expected an H×W label map{' or a B×H×W batch' if batch else ''}, got shape {tuple(a.shape)}"
+        )
     if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
-        raise DataError(f"{name}: expected integer class indices, got dtype {a.dtype} (take the argmax of probabilities first)")
+        raise DataError(
+            f"{name}: expected integer class indices, got dtype {a.dtype} (take the argmax of probabilities first)"
+        )
     return a.astype(np.int64, copy=False)
 
 def _binary(x, name: str) -> np.ndarray:
@@ -145,15 +149,19 @@ def _contour_counts(pb: np.ndarray, gb: np.ndarray, radius) -> np.ndarray:
     se = _disk(radius)
     pd_ = ndimage.binary_dilation(pb, structure=se) if pb.any() else pb
     gd_ = ndimage.binary_dilation(gb, structure=se) if gb.any() else gb
-    return np.array([np.count_nonzero(pb & gd_), np.count_nonzero(gb & pd_), np.count_nonzero(pb), np.count_nonzero(gb)])
+    return np.array(
+        [np.count_nonzero(pb & gd_), np.count_nonzero(gb & pd_), np.count_nonzero(pb), np.count_nonzero(gb)]
+    )
+
 
 def contour_matches(pred, gt, bound_th: float = 0.008, valid=None) -> tuple[int, int, int, int]:
     "(pred boundary matched, gt boundary matched, #pred boundary, #gt boundary) for two binary masks."
     check_num(bound_th, "bound_th", 0, lo_open=True)
     p, g = _binary(pred, "pred"), _binary(gt, "gt")
     _same_shape(p, g, "pred", "gt")
-    if valid is not None:   # DAVIS void handling: void pixels are removed from both masks first
-        v = _binary(valid, "valid"); _same_shape(v, g, "valid", "gt")
+    if valid is not None:  # DAVIS void handling: void pixels are removed from both masks first
+        v = _binary(valid, "valid")
+        _same_shape(v, g, "valid", "gt")
         p, g = p & v, g & v
     return tuple(int(x) for x in _contour_counts(seg2bmap(p), seg2bmap(g), bound_radius(g.shape, bound_th)))
 
@@ -257,11 +265,14 @@ class CAMPrecision:
             raise DataError(f"cams {tuple(c.shape)} / gt {tuple(g.shape)}: expected cams C×H×W with C = {K - 1} "
                             f"foreground classes and gt H×W (or B×C×H×W and B×H×W)")
         if not np.issubdtype(c.dtype, np.floating) or not np.isfinite(c).all() or c.min() < -1e-6 or c.max() > 1 + 1e-6:
-            raise DataError("cams: expected finite float maps max-normalised to [0, 1] (divide each class map by its maximum)")
+            raise DataError(
+                "cams: expected finite float maps max-normalised to [0, 1] (divide each class map by its maximum)"
+            )
         _check_range(g, "gt", K, ign)
         if labels is not None:
             lab = _np(labels, "labels").reshape(len(g), -1)
-            if lab.shape[1] != K - 1: raise DataError(f"labels: expected {K - 1} multi-hot entries per image, got {lab.shape[1]}")
+            if lab.shape[1] != K - 1:
+                raise DataError(f"labels: expected {K - 1} multi-hot entries per image, got {lab.shape[1]}")
         for b in range(len(g)):
             gi = g[b]
             present = (np.flatnonzero(lab[b] > 0.5) + 1 if labels is not None
@@ -326,10 +337,14 @@ class PseudoLabelQuality:
         "mIoU (labelled pixels), mIoU_all (unlabelled = background), coverage, pixel_acc (labelled) and per-class IoUs."
         iou, iou_all, n = iou_from_confusion(self.cm), iou_from_confusion(self.cm_all), self.cm.sum()
         nan = float("nan")
-        return {"mIoU": _nanmean(iou), "mIoU_all": _nanmean(iou_all),
-                "coverage": float(n / self.cm_all.sum()) if self.cm_all.sum() else nan,
-                "pixel_acc": float(np.trace(self.cm) / n) if n else nan,
-                "IoU": dict(zip(self.class_names, iou.tolist())), "IoU_all": dict(zip(self.class_names, iou_all.tolist()))}
+        return {
+            "mIoU": _nanmean(iou),
+            "mIoU_all": _nanmean(iou_all),
+            "coverage": float(n / self.cm_all.sum()) if self.cm_all.sum() else nan,
+            "pixel_acc": float(np.trace(self.cm) / n) if n else nan,
+            "IoU": dict(zip(self.class_names, iou.tolist())),
+            "IoU_all": dict(zip(self.class_names, iou_all.tolist())),
+        }
 
 # %% ../nbs/03_metrics.ipynb #c4e0b457
 def mean_std(values, digits: int = 1, scale: float = 1.0, sep: str = "±") -> str:

@@ -15,7 +15,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, DataError, IGNORE_INDEX, atomic_open, check_num, check_shape, check_label_map, resize
+from wsss_nb.core import (
+    ConfigError,
+    DataError,
+    IGNORE_INDEX,
+    atomic_open,
+    check_num,
+    check_shape,
+    check_label_map,
+    resize,
+)
 from .data import VOCDataset
 from .heads import ASPP, CosineClassifier, aspp_rates, cosine_logits
 from .methods import Method, mask_absent
@@ -28,8 +37,10 @@ __all__ = ['LOSSES', 'reliable_regions', 'class_correlation', 'confidence_map', 
 # %% ../nbs/42_nal.ipynb #34a15dd1
 def reliable_regions(y_crf: torch.Tensor, y_ret: torch.Tensor):
     "B×H×W bool maps of S (Ycrf = Yret) and ~S (they differ), both without the pixels void in Ycrf."
-    check_label_map(y_crf, "y_crf"); check_label_map(y_ret, "y_ret")
-    if y_crf.shape != y_ret.shape: raise DataError(f"y_crf, y_ret: shapes differ ({tuple(y_crf.shape)} vs {tuple(y_ret.shape)})")
+    check_label_map(y_crf, "y_crf")
+    check_label_map(y_ret, "y_ret")
+    if y_crf.shape != y_ret.shape:
+        raise DataError(f"y_crf, y_ret: shapes differ ({tuple(y_crf.shape)} vs {tuple(y_ret.shape)})")
     valid = y_crf != IGNORE_INDEX
     same = y_crf == y_ret
     return valid & same, valid & ~same
@@ -57,7 +68,8 @@ def confidence_map(features: torch.Tensor, classifier_weight: torch.Tensor, y_cr
     _check_gamma(gamma)
     W = _weight_matrix(classifier_weight)
     check_label_map(y_crf, "y_crf", num_classes=len(W))
-    if len(y_crf) != len(features): raise DataError(f"y_crf: {len(y_crf)} label maps for a batch of {len(features)} feature maps")
+    if len(y_crf) != len(features):
+        raise DataError(f"y_crf: {len(y_crf)} label maps for a batch of {len(features)} feature maps")
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
         D = class_correlation(features.detach() if detach else features, W.detach() if detach else W, y_crf.shape[-2:])
         valid = y_crf != IGNORE_INDEX
@@ -88,9 +100,12 @@ def nal_loss(logits: torch.Tensor, features: torch.Tensor | None, classifier_wei
     zero = logp.sum() * 0
     out = {"ce": nll[S].mean() if S.any() else zero}
     if loss == "nal":
-        if features is None or classifier_weight is None: raise DataError("features, classifier_weight: NAL needs both (Eq. 11)")
+        if features is None or classifier_weight is None:
+            raise DataError("features, classifier_weight: NAL needs both (Eq. 11)")
         if _weight_matrix(classifier_weight).shape[0] != logits.shape[1]:
-            raise DataError(f"classifier_weight: {_weight_matrix(classifier_weight).shape[0]} classes, logits have {logits.shape[1]}")
+            raise DataError(
+                f"classifier_weight: {_weight_matrix(classifier_weight).shape[0]} classes, logits have {logits.shape[1]}"
+            )
         sigma = confidence_map(features, classifier_weight, y_crf, gamma, detach=detach_sigma)
         w = sigma[U]
         out["wce"] = (w * nll[U]).sum() / w.sum().clamp_min(eps) if U.any() else zero
@@ -109,12 +124,16 @@ def nal_loss(logits: torch.Tensor, features: torch.Tensor | None, classifier_wei
 def read_manifest(pseudo_dir) -> dict:
     "The `pseudo_labels.json` of a stage-2 export folder (DataError when it is missing or unreadable)."
     p = Path(pseudo_dir)/"pseudo_labels.json"
-    if not p.is_file(): raise DataError(f"{p}: no pseudo-label manifest; export the pseudo labels first (stage 2, export_pseudo_labels)")
+    if not p.is_file():
+        raise DataError(
+            f"{p}: no pseudo-label manifest; export the pseudo labels first (stage 2, export_pseudo_labels)"
+        )
     try: return json.loads(p.read_text())
     except json.JSONDecodeError as e: raise DataError(f"{p}: unreadable manifest ({e})") from None
 
 class BANASegmenter(Method):
     "BANA stage 3: segmentation with a cosine (or dot-product) classifier trained on Ycrf/Yret with NAL or a Table 3 baseline."
+
     name = "bana_seg"
     @dataclass
     class Config:
@@ -149,19 +168,26 @@ class BANASegmenter(Method):
     def features(self, image): return self.head(self.backbone(image)["deep"])
 
     def forward(self, batch):
-        img = batch["image"]; phi = self.features(img)
+        img = batch["image"]
+        phi = self.features(img)
         return dict(logits=resize(self.classifier(phi), img.shape[-2:]), features=phi)
 
     def bootstrap_beta(self, epoch: int) -> float:
         "β_e = (1 - e/E)^p of bootstrapping's target (supp. Eq. 7), E = the run's epochs."
-        if not self.total_epochs: raise ConfigError("bootstrap: β follows the run's schedule; call setup_training (the trainer does) or set total_epochs")
+        if not self.total_epochs:
+            raise ConfigError(
+                "bootstrap: β follows the run's schedule; call setup_training (the trainer does) or set total_epochs"
+            )
         return max(0., 1 - epoch / self.total_epochs) ** self.cfg.bootstrap_power
 
     def losses(self, batch, out, epoch):
         if "yret" not in batch:
-            raise DataError("batch['yret']: bana_seg trains on Ycrf (mask) and Yret; build the data with setup_training's options")
+            raise DataError(
+                "batch['yret']: bana_seg trains on Ycrf (mask) and Yret; build the data with setup_training's options"
+            )
         if self.training and self.confidence_dir is not None and epoch not in self._snapshots:
-            self._snapshots.add(epoch); self.save_confidence(epoch)
+            self._snapshots.add(epoch)
+            self.save_confidence(epoch)
         c = self.cfg
         beta = self.bootstrap_beta(epoch) if c.loss == "bootstrap" else 1.0
         return nal_loss(out["logits"], out["features"], self.classifier.weight, batch["mask"], batch["yret"],
@@ -192,10 +218,14 @@ class BANASegmenter(Method):
         opts = dict(mask_dir=str(pdir/"ycrf"), extra_masks={"yret": str(pdir/"yret")})
         names = list(man["names"][:1] if c.confidence_names is None else c.confidence_names)
         missing = [n for n in names if n not in man["names"]]
-        if missing: raise ConfigError(f"method_cfg.confidence_names: {missing} have no exported pseudo labels in {pdir}")
-        if names:               # exports list the split's first images in order: read only up to the last one needed
-            ds = VOCDataset(man["data_root"], man["split"], max_images=max(man["names"].index(n) for n in names) + 1, **opts)
-            if not set(names) <= set(ds.names): raise DataError(f"{pdir}/pseudo_labels.json: names are not the split's first images")
+        if missing:
+            raise ConfigError(f"method_cfg.confidence_names: {missing} have no exported pseudo labels in {pdir}")
+        if names:  # exports list the split's first images in order: read only up to the last one needed
+            ds = VOCDataset(
+                man["data_root"], man["split"], max_images=max(man["names"].index(n) for n in names) + 1, **opts
+            )
+            if not set(names) <= set(ds.names):
+                raise DataError(f"{pdir}/pseudo_labels.json: names are not the split's first images")
             self._confidence_samples = [ds[ds.names.index(n)] for n in names]
         else: self._confidence_samples = []
         return opts
@@ -203,7 +233,8 @@ class BANASegmenter(Method):
     @torch.no_grad()
     def confidence(self, sample: dict) -> torch.Tensor:
         "σ (Eq. 12, H×W) of one un-augmented sample with `image` and `mask` (= Ycrf), in evaluation mode."
-        was = self.training; self.eval()
+        was = self.training
+        self.eval()
         dev = next(self.parameters()).device
         with torch.autocast(dev.type, enabled=False):
             phi = self.features(sample["image"][None].to(dev))

@@ -74,7 +74,9 @@ def pamr_affinity(image: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Ten
 def propagation_matrix(affinity: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
     "Sparse CSR (B·H·W)×(B·H·W) matrix P of Eq. 7 from `affinity` B×8D×H×W (row i: α_in at i's neighbours)."
     B, N, H, W = affinity.shape
-    idx, order = neighbour_index(H, W, dilations, device=affinity.device).flatten(1).T.sort(-1)   # HW×N, the same in every block
+    idx, order = (
+        neighbour_index(H, W, dilations, device=affinity.device).flatten(1).T.sort(-1)
+    )  # HW×N, the same in every block
     cols = idx + H * W * torch.arange(B, device=affinity.device)[:, None, None]
     vals = affinity.flatten(2).transpose(1, 2).gather(-1, order.expand(B, -1, -1))         # B×HW×N
     itype = torch.int32 if B * H * W * N < 2**31 else torch.int64
@@ -106,7 +108,8 @@ def _check_num_iter(num_iter):
 # %% ../nbs/11_pamr.ipynb #8a50ed05
 def check_refinement_inputs(image, mask, num_iter, labels=None):
     "`DataError` unless image B×K×H×W, mask B×C×h×w (finite floats, same batch) and labels B×(C-1) fit a refinement."
-    _check_image(image); _check_num_iter(num_iter)
+    _check_image(image)
+    _check_num_iter(num_iter)
     if not isinstance(mask, torch.Tensor) or mask.ndim != 4:
         raise DataError(f"mask: expected a B×C×h×w tensor, got {_desc(mask)}")
     if not mask.is_floating_point(): raise DataError(f"mask: expected a float tensor, got dtype {mask.dtype}")
@@ -158,7 +161,8 @@ def _window_conv(x, dilations, weight):
 @torch.no_grad()
 def pamr_reference(image: torch.Tensor, mask: torch.Tensor, num_iter: int = 10, dilations=DEFAULT_DILATIONS):
     "Reference PAMR (tests and benchmark only): the official conv2d formulation, all channels, slow."
-    check_refinement_inputs(image, mask, num_iter); dilations = check_dilations(dilations)
+    check_refinement_inputs(image, mask, num_iter)
+    dilations = check_dilations(dilations)
     image = image.to(mask.dtype)
     window = torch.eye(9, dtype=mask.dtype, device=mask.device).view(9, 1, 3, 3)  # the 9 window pixels
     copy = window[[0, 1, 2, 3, 5, 6, 7, 8]]                                      # the 8 neighbours

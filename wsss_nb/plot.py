@@ -33,7 +33,8 @@ def colorize(mask) -> np.ndarray:
 
 def overlay(image, mask, alpha: float = 0.5) -> np.ndarray:
     "Blend the palette colours of `mask` over `image`; background (0) is left as the image."
-    img = as_rgb(image); col = colorize(mask) / 255.
+    img = as_rgb(image)
+    col = colorize(mask) / 255.0
     a = alpha * (to_numpy(mask) != 0)[..., None]
     return img * (1 - a) + col * a
 
@@ -43,7 +44,9 @@ def _ax(ax, figsize=(3, 3)):
 
 def show_image(image, ax=None, title: str | None = None):
     "Show an image without axes."
-    ax = _ax(ax); ax.imshow(as_rgb(image)); ax.set_axis_off()
+    ax = _ax(ax)
+    ax.imshow(as_rgb(image))
+    ax.set_axis_off()
     if title: ax.set_title(title, fontsize=9)
     return ax
 
@@ -93,7 +96,8 @@ def image_grid(n: int, ncols: int = 4, size: float = 2.5):
 
 def highlight(image, where, colour=(1., 0., 0.), alpha: float = 0.7) -> np.ndarray:
     "H×W×3 image with `colour` blended over the pixels where `where` (H×W bool) is true."
-    img = as_rgb(image); w = alpha * to_numpy(where).astype(np.float32)[..., None]
+    img = as_rgb(image)
+    w = alpha * to_numpy(where).astype(np.float32)[..., None]
     return img * (1 - w) + np.asarray(colour, np.float32) * w
 
 def figure_png(fig, dpi: int = 72) -> bytes:

@@ -25,7 +25,9 @@ def manhattan_offsets(radius: int) -> torch.Tensor:
     keep = ((dy.abs() + dx.abs()) <= radius) & ((dy != 0) | (dx != 0))
     return torch.stack([dy[keep], dx[keep]], 1)
 
-def sample_offsets(radius: int = 7, n_samples: int | None = 9, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_offsets(
+    radius: int = 7, n_samples: int | None = 9, generator: torch.Generator | None = None
+) -> torch.Tensor:
     "`n_samples` distinct offsets (n×2) drawn uniformly from the Manhattan ball of `radius` (centre excluded); None: all."
     offs = manhattan_offsets(radius)
     if n_samples is None: return offs
@@ -35,14 +37,23 @@ def sample_offsets(radius: int = 7, n_samples: int | None = 9, generator: torch.
     return offs[torch.randperm(len(offs), generator=generator)[:n_samples]]
 
 def _check_kde(bandwidth, patch):
-    check_num(bandwidth, "bandwidth", 0, lo_open=True); check_int(patch, "patch")
+    check_num(bandwidth, "bandwidth", 0, lo_open=True)
+    check_int(patch, "patch")
     if patch % 2 == 0: raise ConfigError(f"patch={patch}: expected an odd window size")
 
-def self_information(x: torch.Tensor, radius: int = 7, n_samples: int | None = 9, bandwidth: float = 1.0, patch: int = 3,
-                     normalize: bool = True, generator: torch.Generator | None = None,
-                     offsets: torch.Tensor | None = None) -> torch.Tensor:
+def self_information(
+    x: torch.Tensor,
+    radius: int = 7,
+    n_samples: int | None = 9,
+    bandwidth: float = 1.0,
+    patch: int = 3,
+    normalize: bool = True,
+    generator: torch.Generator | None = None,
+    offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
     "Self-information Î(p) (Eq. 3) of the patch at every pixel of `x` (B×K×H×W image or features) → B×H×W."
-    check_shape(x, "x", "B×K×H×W"); _check_kde(bandwidth, patch)
+    check_shape(x, "x", "B×K×H×W")
+    _check_kde(bandwidth, patch)
     offs = sample_offsets(radius, n_samples, generator) if offsets is None else offsets
     x = x.detach()
     H, W = x.shape[-2:]
@@ -60,7 +71,8 @@ def self_information(x: torch.Tensor, radius: int = 7, n_samples: int | None = 9
 # %% ../nbs/20_scm.ipynb #040e887f
 def drop_probability(info: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
     "Boltzmann dropping distribution r ∝ exp(-Î/τ) (Eq. 4), normalised over the positions of each B×H×W map."
-    check_shape(info, "info", "B×H×W"); check_num(tau, "tau", 0, lo_open=True)
+    check_shape(info, "info", "B×H×W")
+    check_num(tau, "tau", 0, lo_open=True)
     return (-info / tau).flatten(1).softmax(1).view_as(info)
 
 # %% ../nbs/20_scm.ipynb #7570ff52
@@ -81,9 +93,12 @@ class SCM(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 64, radius: int = 7, n_samples: int = 9,
                  bandwidth: float = 1.0, patch: int = 3, tau: float = 0.5, drop_rate: float = 1.5):
         super().__init__()
-        check_int(in_channels, "in_channels"); check_int(out_channels, "out_channels")
-        sample_offsets(radius, n_samples); _check_kde(bandwidth, patch)          # validate every setting now
-        check_num(tau, "tau", 0, lo_open=True); check_num(drop_rate, "drop_rate", 0)
+        check_int(in_channels, "in_channels")
+        check_int(out_channels, "out_channels")
+        sample_offsets(radius, n_samples)
+        _check_kde(bandwidth, patch)  # validate every setting now
+        check_num(tau, "tau", 0, lo_open=True)
+        check_num(drop_rate, "drop_rate", 0)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.radius, self.n_samples, self.bandwidth, self.patch = radius, n_samples, bandwidth, patch
         self.tau, self.drop_rate = tau, drop_rate
@@ -92,7 +107,9 @@ class SCM(nn.Module):
     def keep(self, x: torch.Tensor, info: torch.Tensor | None = None) -> torch.Tensor:
         "Keep probabilities B×1×h×w for features `x`, from `info` (any size) or from `x` itself."
         if info is None:
-            info = self_information(x, self.radius, self.n_samples if self.training else None, self.bandwidth, self.patch)
+            info = self_information(
+                x, self.radius, self.n_samples if self.training else None, self.bandwidth, self.patch
+            )
         else: check_shape(info, "info", "B×H×W")
         if info.shape[0] != x.shape[0]:
             raise DataError(f"info, x: batch sizes differ ({info.shape[0]} vs {x.shape[0]})")

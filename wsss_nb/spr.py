@@ -38,22 +38,36 @@ def _kernel_pairs(image, scores, alpha, dilations, b, c):
     if alpha == 1: return k
     return alpha * k + (1 - alpha) * class_kernel(scores[b, c][:, None], dilations)[:, 0]
 
-def spr_kernel(image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
+def spr_kernel(
+    image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS
+) -> torch.Tensor:
     "Eq. 5 before the softmax, B×C×8D×H×W: α·(PAMR's colour kernel) + (1-α)·(the same kernel on each class's scores)."
     _check_alpha(alpha)
     B, C, H, W = scores.shape
     b, c = torch.meshgrid(torch.arange(B, device=scores.device), torch.arange(C, device=scores.device), indexing="ij")
     return _kernel_pairs(image, scores, alpha, dilations, b.flatten(), c.flatten()).view(B, C, -1, H, W)
 
-def spr_affinity(image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
+def spr_affinity(
+    image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS
+) -> torch.Tensor:
     "δ^c_{j→i} (B×C×8D×H×W): softmax of the SPR kernel over the 8·D neighbours, per class."
     return spr_kernel(image, scores, alpha, dilations).softmax(2)
 
 @torch.no_grad()
-def spr(image: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None = None, alpha: float = 0.8,
-        num_iter: int = 10, dilations=DEFAULT_DILATIONS, labels: torch.Tensor | None = None, return_steps: bool = False):
+def spr(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    scores: torch.Tensor | None = None,
+    alpha: float = 0.8,
+    num_iter: int = 10,
+    dilations=DEFAULT_DILATIONS,
+    labels: torch.Tensor | None = None,
+    return_steps: bool = False,
+):
     "Refine `mask` (B×C×h×w) on `image` (B×K×H×W in [0, 1]) with per-class affinities from `scores` (default: `mask`)."
-    check_refinement_inputs(image, mask, num_iter, labels); _check_alpha(alpha); dilations = check_dilations(dilations)
+    check_refinement_inputs(image, mask, num_iter, labels)
+    _check_alpha(alpha)
+    dilations = check_dilations(dilations)
     if scores is None: scores = mask
     elif not isinstance(scores, torch.Tensor) or scores.shape != mask.shape:
         raise DataError(f"scores: expected the mask's shape {tuple(mask.shape)}, got "
@@ -67,7 +81,8 @@ def spr(image: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor | None = N
     aff = _kernel_pairs(image, scores, alpha, dilations, b, c).softmax(1)
     out = propagate(mask[b, c][:, None], aff, dilations, num_iter, return_steps)
     def unpack(m):
-        r = torch.zeros_like(mask); r[b, c] = m[:, 0]
+        r = torch.zeros_like(mask)
+        r[b, c] = m[:, 0]
         return r
     return (unpack(out[0]), [unpack(m) for m in out[1]]) if return_steps else unpack(out)
 
@@ -87,7 +102,8 @@ class SPR(nn.Module):
 def pseudo_mask(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 0.2) -> torch.Tensor:
     "Binary pseudo mask B×(C+1)×H×W: score > θ = max(cutoff × the image's maximum over pixels and classes, cutoff_low), one class only."
     check_shape(refined, "refined", "B×(C+1)×H×W")
-    check_num(cutoff, "cutoff", 0, 1); check_num(cutoff_low, "cutoff_low", 0, 1)
+    check_num(cutoff, "cutoff", 0, 1)
+    check_num(cutoff_low, "cutoff_low", 0, 1)
     thr = (refined.amax((1, 2, 3), keepdim=True) * cutoff).clamp_min(cutoff_low)
     on = refined > thr
     return (on & (on.sum(1, keepdim=True) == 1)).to(refined.dtype)
@@ -112,7 +128,8 @@ def region_loss(probs: torch.Tensor, pseudo: torch.Tensor, radius: int = 3, marg
     "Region-wise loss (Eq. 8) of probabilities B×K×H×W against pseudo labels B×H×W; `reduction='none'`: the per-centre loss B×H×W."
     check_shape(probs, "probs", "B×K×H×W")
     check_label_map(pseudo, "pseudo", (probs.shape[0], *probs.shape[2:]), dtype=torch.long)
-    check_int(radius, "radius"); check_num(margin, "margin", 0)
+    check_int(radius, "radius")
+    check_num(margin, "margin", 0)
     if reduction not in ("mean", "none"): raise ConfigError(f"reduction={reduction!r}: expected 'mean' or 'none'")
     B, K, H, W = probs.shape
     k, logp = 2 * radius + 1, probs.clamp_min(eps).log()
@@ -134,11 +151,14 @@ def region_weight(epoch: int, start: int = 0, ramp: int = 6) -> float:
     return 1. if ramp <= 0 else min(1., (epoch - start) / ramp)
 
 # %% ../nbs/21_spr.ipynb #cd9d6983
-PAPER_RUN = dict(optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=1e-4, schedule="poly", poly_power=0.9)
+PAPER_RUN = dict(
+    optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=1e-4, schedule="poly", poly_power=0.9
+)
 BOUNDARY_RATIO = 0.05   # boundary IoU distance: 5 % of the image diagonal (Sec. 4.2.4)
 
 class ShapeCues(NGWPSegmenter):
     "Kho, Lee et al.: DeepLabV3-style net with SCM shape cues, nGWP classification, SPR pseudo masks, pixel + region losses."
+
     name = "shape"
     @dataclass
     class Config(NGWPSegmenter.Config):
@@ -172,12 +192,20 @@ class ShapeCues(NGWPSegmenter):
             for k in ("scm_bandwidth", "scm_tau"): check_num(getattr(self, k), k, 0, lo_open=True)
             if self.scm_patch % 2 == 0: raise ConfigError(f"scm_patch={self.scm_patch}: expected an odd window size")
             if self.scm_samples > 2 * self.scm_radius * (self.scm_radius + 1):
-                raise ConfigError(f"scm_samples={self.scm_samples}: more than the {2 * self.scm_radius * (self.scm_radius + 1)} "
-                                  f"offsets within scm_radius={self.scm_radius}")
-            check_num(self.scm_drop_rate, "scm_drop_rate", 0); check_num(self.spr_alpha, "spr_alpha", 0, 1)
-            check_num(self.region_margin, "region_margin", 0); check_num(self.cutoff, "cutoff", 0, 1)
-            try: check_dilations(self.spr_dilations)
-            except ConfigError: raise ConfigError(f"spr_dilations={self.spr_dilations!r}: expected a non-empty sequence of positive ints") from None
+                raise ConfigError(
+                    f"scm_samples={self.scm_samples}: more than the {2 * self.scm_radius * (self.scm_radius + 1)} "
+                    f"offsets within scm_radius={self.scm_radius}"
+                )
+            check_num(self.scm_drop_rate, "scm_drop_rate", 0)
+            check_num(self.spr_alpha, "spr_alpha", 0, 1)
+            check_num(self.region_margin, "region_margin", 0)
+            check_num(self.cutoff, "cutoff", 0, 1)
+            try:
+                check_dilations(self.spr_dilations)
+            except ConfigError:
+                raise ConfigError(
+                    f"spr_dilations={self.spr_dilations!r}: expected a non-empty sequence of positive ints"
+                ) from None
 
     def build_decoder(self, channels: dict):
         c = self.cfg
@@ -202,7 +230,8 @@ class ShapeCues(NGWPSegmenter):
         if c.scm:
             cues = self.scm(shallow, self.information(image) if c.scm_source == "image" else None)
             x, feats["scm"] = torch.cat([x, cues], 1), cues
-        x = self.merge(x); feats["merged"] = x
+        x = self.merge(x)
+        feats["merged"] = x
         return x, dict(features=feats)
 
     def refine(self, image_raw, masks, out, labels):

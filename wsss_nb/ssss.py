@@ -35,7 +35,9 @@ def class_scores(logits: torch.Tensor, p: float = 3.0, lam: float = 0.01, eps: f
     "Class scores B×C and masks B×(C+1)×h×w from score maps B×C×h×w: nGWP (+ focal penalty), or GAP (`mode='gap'`)."
     check_shape(logits, "logits", "B×C×h×w")
     if mode not in ("ngwp", "gap"): raise ConfigError(f"mode={mode!r}: expected 'ngwp' or 'gap'")
-    check_num(p, "p", 0); check_num(lam, "lam", 0, lo_open=True); check_num(eps, "eps", 0)
+    check_num(p, "p", 0)
+    check_num(lam, "lam", 0, lo_open=True)
+    check_num(eps, "eps", 0)
     masks = with_background(logits).softmax(1)
     if mode == "gap": scores = logits.mean((2, 3))
     else: scores = (masks[:, 1:] * logits).sum((2, 3)) / (eps + masks[:, 1:].sum((2, 3)))
@@ -51,7 +53,8 @@ def pseudo_gtmask(mask: torch.Tensor, cutoff_top: float = 0.6, cutoff_bg: float 
     "Binary pseudo GT B×(C+1)×H×W from masks B×(C+1)×H×W: > cutoff × channel max (floored at `cutoff_low`), conflicts cleared."
     check_shape(mask, "mask", "B×(C+1)×H×W")
     for v, n in ((cutoff_top, "cutoff_top"), (cutoff_bg, "cutoff_bg"), (cutoff_low, "cutoff_low")): _in01(v, n)
-    frac = torch.full_like(mask[0, :, 0, 0], cutoff_top); frac[0] = cutoff_bg
+    frac = torch.full_like(mask[0, :, 0, 0], cutoff_top)
+    frac[0] = cutoff_bg
     thr = (mask.amax((2, 3), keepdim=True) * frac[:, None, None]).clamp_min(cutoff_low)
     on = mask > thr
     return (on & (on.sum(1, keepdim=True) <= 1)).to(mask.dtype)
@@ -63,7 +66,8 @@ def pseudo_gt_labels(pseudo_gt: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/12_ssss.ipynb #ca27100a
 def balanced_mask_loss_ce(logits: torch.Tensor, pseudo_gt: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     "Per-image class-balanced CE (B,) of logits B×(C+1)×h×w against binary pseudo GT B×(C+1)×H×W; image labels B×C."
-    check_shape(logits, "logits", "B×(C+1)×h×w"); check_shape(pseudo_gt, "pseudo_gt", "B×(C+1)×H×W")
+    check_shape(logits, "logits", "B×(C+1)×h×w")
+    check_shape(pseudo_gt, "pseudo_gt", "B×(C+1)×H×W")
     B, K = pseudo_gt.shape[:2]
     if logits.shape[:2] != (B, K):
         raise DataError(f"logits, pseudo_gt: expected the same batch size and channels, got {tuple(logits.shape)} "
@@ -79,9 +83,15 @@ def balanced_mask_loss_ce(logits: torch.Tensor, pseudo_gt: torch.Tensor, labels:
     return keep * (w * ce).flatten(1).mean(1)
 
 # %% ../nbs/12_ssss.ipynb #6de1d2a0
-def stochastic_gate(x_deep: torch.Tensor, x_shallow: torch.Tensor, psi: float = 0.3, stochastic: bool = True) -> torch.Tensor:
+def stochastic_gate(
+    x_deep: torch.Tensor, x_shallow: torch.Tensor, psi: float = 0.3, stochastic: bool = True
+) -> torch.Tensor:
     "Stochastic Gate: Eq. 9 of SSSS when `stochastic` (r ~ Bernoulli(ψ) per element), else Eq. 10."
-    if not isinstance(x_deep, torch.Tensor) or not isinstance(x_shallow, torch.Tensor) or x_deep.shape != x_shallow.shape:
+    if (
+        not isinstance(x_deep, torch.Tensor)
+        or not isinstance(x_shallow, torch.Tensor)
+        or x_deep.shape != x_shallow.shape
+    ):
         raise DataError(f"x_deep, x_shallow: expected tensors of the same shape, got "
                         f"{tuple(getattr(x_deep, 'shape', ()))} and {tuple(getattr(x_shallow, 'shape', ()))}")
     if not stochastic: return (1 - psi) * x_deep + psi * x_shallow
@@ -90,6 +100,7 @@ def stochastic_gate(x_deep: torch.Tensor, x_shallow: torch.Tensor, psi: float = 
 
 class StochasticGate(nn.Module):
     "Mixes deep and shallow features: stochastic in training (Eq. 9), deterministic in eval or with `deterministic=True` (Eq. 10)."
+
     def __init__(self, psi: float = 0.3, deterministic: bool = False):
         super().__init__()
         self.psi, self.deterministic = check_num(psi, "psi", 0, 1, hi_open=True), bool(deterministic)
@@ -104,7 +115,9 @@ def adain(x: torch.Tensor, cues: torch.Tensor) -> torch.Tensor:
     "x·(γ+1) + β for x B×K×H×W and cues B×2K = [γ, β] (GCI's modulation)."
     K = x.shape[1]
     if cues.shape != (x.shape[0], 2 * K):
-        raise DataError(f"cues: expected shape {(x.shape[0], 2 * K)} ([γ, β] for K={K} channels), got {tuple(cues.shape)}")
+        raise DataError(
+            f"cues: expected shape {(x.shape[0], 2 * K)} ([γ, β] for K={K} channels), got {tuple(cues.shape)}"
+        )
     g, b = cues[:, :K, None, None], cues[:, K:, None, None]
     return x * (g + 1) + b
 
@@ -112,7 +125,11 @@ class GCI(nn.Module):
     "Global Cue Injection: shallow features modulated by γ, β max-pooled from the deep features, → B×out×H×W."
     def __init__(self, deep_channels: int, shallow_channels: int, out_channels: int = 128):
         super().__init__()
-        for v, n in ((deep_channels, "deep_channels"), (shallow_channels, "shallow_channels"), (out_channels, "out_channels")):
+        for v, n in (
+            (deep_channels, "deep_channels"),
+            (shallow_channels, "shallow_channels"),
+            (out_channels, "out_channels"),
+        ):
             check_int(v, n)
         self.deep_channels, self.shallow_channels, self.out_channels = deep_channels, shallow_channels, out_channels
         self.cues = conv_bn_relu(deep_channels, 2 * out_channels, 1)
@@ -165,8 +182,10 @@ class NGWPSegmenter(Method):
                 raise ConfigError(f"decoder_dropout={self.decoder_dropout!r}: expected two probabilities "
                                   "(after each 3×3 conv)")
             for v in self.decoder_dropout: check_num(v, "decoder_dropout", 0, 1, hi_open=True)
-            check_num(self.focal_p, "focal_p", 0); check_num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
-            check_num(self.ngwp_eps, "ngwp_eps", 0); _in01(self.cutoff_low, "cutoff_low")
+            check_num(self.focal_p, "focal_p", 0)
+            check_num(self.focal_lambda, "focal_lambda", 0, lo_open=True)
+            check_num(self.ngwp_eps, "ngwp_eps", 0)
+            _in01(self.cutoff_low, "cutoff_low")
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
@@ -247,7 +266,8 @@ class SSSS(NGWPSegmenter):
 
         def __post_init__(self):
             super().__post_init__()
-            check_int(self.pamr_iter, "pamr_iter"); check_num(self.sg_psi, "sg_psi", 0, 1, hi_open=True)
+            check_int(self.pamr_iter, "pamr_iter")
+            check_num(self.sg_psi, "sg_psi", 0, 1, hi_open=True)
             check_num(self.seg_weight, "seg_weight", 0)
             for k in ("cutoff_top", "cutoff_bg"): _in01(getattr(self, k), k)
             d = self.pamr_dilations
@@ -308,7 +328,8 @@ class SSSS(NGWPSegmenter):
 def coarse_masks(mask: torch.Tensor, num_classes: int, stride: int = 16, noise: float = 0.7, out_stride: int = 4,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     "Simulated coarse predictions B×K×(H/out_stride)×(W/out_stride) from GT masks B×H×W (255 → background): pooled one-hot + smooth noise."
-    m = mask.clone(); m[m == IGNORE_INDEX] = 0
+    m = mask.clone()
+    m[m == IGNORE_INDEX] = 0
     onehot = F.one_hot(m, num_classes).permute(0, 3, 1, 2).float()
     H, W = mask.shape[-2:]
     pooled = resize(F.avg_pool2d(onehot, stride, ceil_mode=True), (H // out_stride, W // out_stride))

@@ -51,8 +51,8 @@ CLASSES = tuple(CLASS_APPEARANCE)
 class BenchmarkKnobs:
     "Difficulty knobs of the built-in benchmark (fractions of the image side; pixel widths at size 128)."
     objects: tuple = (1, 3)             # min, max objects per image
-    scale: tuple = (0.25, 0.6)          # object diameter (bounding circle) as a fraction of the image side
-    min_visible: float = 0.4            # an instance keeps at least this fraction of its area visible (occlusion, border)
+    scale: tuple = (0.25, 0.6)  # object diameter (bounding circle) as a fraction of the image side
+    min_visible: float = 0.4  # an instance keeps at least this fraction of its area visible (occlusion, border)
     min_area: float = 0.005             # ... and at least this fraction of the image; else the placement is redrawn
     random_appearance: float = 0.02     # probability of a uniformly random style and colour instead of the class's own
     distractors: tuple = (0, 2)         # min, max amorphous background blobs painted with object textures
@@ -76,9 +76,12 @@ class BenchmarkKnobs:
             elif not _is_num(v) or v < 0:
                 raise ConfigError(f"knob {f.name}={v!r}: expected a non-negative number")
         for name in ("min_visible", "min_area", "random_appearance", "photo_background"):
-            if getattr(self, name) > 1: raise ConfigError(f"knob {name}={getattr(self, name)!r}: expected a value in [0, 1]")
-        if self.objects[0] < 1 or self.objects[1] > 20: raise ConfigError(f"knob objects={self.objects}: expected 1 <= min <= max <= 20")
-        if not 0 < self.scale[0] or self.scale[1] > 2: raise ConfigError(f"knob scale={self.scale}: expected 0 < min <= max <= 2")
+            if getattr(self, name) > 1:
+                raise ConfigError(f"knob {name}={getattr(self, name)!r}: expected a value in [0, 1]")
+        if self.objects[0] < 1 or self.objects[1] > 20:
+            raise ConfigError(f"knob objects={self.objects}: expected 1 <= min <= max <= 20")
+        if not 0 < self.scale[0] or self.scale[1] > 2:
+            raise ConfigError(f"knob scale={self.scale}: expected 0 < min <= max <= 2")
         if int(self.antialias) != self.antialias or not 1 <= self.antialias <= 8:
             raise ConfigError(f"knob antialias={self.antialias!r}: expected an integer in 1..8")
 
@@ -135,7 +138,8 @@ def rasterize(polys, size: int, antialias: int = 4):
     pts = np.concatenate([p for p, sign in polys if sign > 0])
     (x0, y0), (x1, y1) = np.floor(pts.min(0)).astype(int) - 1, np.ceil(pts.max(0)).astype(int) + 1
     H, W = y1 - y0 + 1, x1 - x0 + 1
-    fine = Image.new("L", (W*ss, H*ss), 0); pen = ImageDraw.Draw(fine)
+    fine = Image.new("L", (W * ss, H * ss), 0)
+    pen = ImageDraw.Draw(fine)
     for p, sign in polys:  # pixel (r, c) covers [r-0.5, r+0.5]; fine pixel i has its centre at y0-0.5+(i+0.5)/ss
         pen.polygon([tuple(q) for q in ((p - (x0, y0) + 0.5)*ss - 0.5).tolist()], fill=int(sign > 0))
     a = np.asarray(fine).reshape(H, ss, W, ss).mean((1, 3), dtype=np.float32)
@@ -192,7 +196,8 @@ def _textures() -> tuple:
     from skimage import data
     out = []
     for f in (data.brick, data.grass, data.gravel):
-        t = f().astype(np.float32); lo, hi = np.percentile(t, [1, 99])
+        t = f().astype(np.float32)
+        lo, hi = np.percentile(t, [1, 99])
         out.append(Image.fromarray(np.clip((t - lo)/(hi - lo), 0, 1).astype(np.float32), mode="F"))
     return tuple(out)
 
@@ -216,14 +221,16 @@ def background(rng, size: int, knobs: BenchmarkKnobs) -> np.ndarray:
     "A size×size×3 float32 textured background in [0, 1]."
     if rng.random() < knobs.photo_background:
         tex = _textures()[rng.integers(3)]
-        L = int(rng.integers(min(96, tex.width), tex.width + 1)); x, y = rng.integers(0, tex.width - L + 1, 2)
+        L = int(rng.integers(min(96, tex.width), tex.width + 1))
+        x, y = rng.integers(0, tex.width - L + 1, 2)
         t = np.asarray(tex.resize((size, size), Image.BILINEAR, box=(int(x), int(y), int(x) + L, int(y) + L)))
         t = np.rot90(t, rng.integers(4))
         if rng.random() < 0.5: t = t[:, ::-1]
     else:
         t = _smooth_noise(rng, size)
         if rng.random() < 0.5:
-            x, y = _grid(size); phi, period = rng.uniform(0, np.pi), size*rng.uniform(0.08, 0.3)
+            x, y = _grid(size)
+            phi, period = rng.uniform(0, np.pi), size * rng.uniform(0.08, 0.3)
             t = 0.6*t + 0.4*(0.5 + 0.5*np.sin(2*np.pi*(x*np.cos(phi) + y*np.sin(phi))/period))
     c1, c2 = _muted_pair(rng, rng.uniform(*knobs.bg_contrast))
     return c1 + (c2 - c1)*np.asarray(t, np.float32)[..., None]
@@ -271,8 +278,19 @@ def make_sample(seed: int, split: str, index: int, size: int = 128, knobs: Bench
         style, c1, c2 = draw_appearance(CLASSES[cls], look, kn.random_appearance)
         img += alpha[..., None] * (appearance(style, c1, c2, size, cx, cy, r, ang, look) - img)
         inst = new
-        objects.append(dict(id=len(objects) + 1, cls=cls + 1, name=CLASSES[cls], area=area, truncated=bool(alpha.sum() < 0.99*area),
-                            style=style, center=(float(cx), float(cy)), radius=float(r), angle=float(ang)))
+        objects.append(
+            dict(
+                id=len(objects) + 1,
+                cls=cls + 1,
+                name=CLASSES[cls],
+                area=area,
+                truncated=bool(alpha.sum() < 0.99 * area),
+                style=style,
+                center=(float(cx), float(cy)),
+                radius=float(r),
+                angle=float(ang),
+            )
+        )
     if kn.blur > 0: img = ndimage.gaussian_filter(img, (kn.blur*size/128, kn.blur*size/128, 0))
     if kn.noise > 0: img = img + stream(3).normal(0, kn.noise, img.shape).astype(np.float32)
     image = (np.clip(img, 0, 1)*255 + 0.5).astype(np.uint8)
@@ -281,7 +299,12 @@ def make_sample(seed: int, split: str, index: int, size: int = 128, knobs: Bench
     mask[void_band(inst, int(round(kn.void_width * size / 128)))] = 255
     for o in objects:
         ys, xs = np.nonzero(inst == o["id"])
-        o["bbox"] = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1)   # VOC: 1-based, inclusive
+        o["bbox"] = (
+            int(xs.min()) + 1,
+            int(ys.min()) + 1,
+            int(xs.max()) + 1,
+            int(ys.max()) + 1,
+        )  # VOC: 1-based, inclusive
         o["visible"] = int(ys.size)
     # an instance the void band swallowed whole (possible only for slivers) is not listed: labels from the
     # mask and from the boxes must agree
@@ -311,7 +334,9 @@ def write_sample(root, sample: dict) -> None:
     root, name = Path(root), sample["name"]
     Image.fromarray(sample["image"]).save(root/"JPEGImages"/f"{name}.jpg", quality=95)
     save_mask(root/"SegmentationClass"/f"{name}.png", sample["mask"])
-    (root/"Annotations"/f"{name}.xml").write_text(voc_xml(name, sample["image"].shape[1], sample["objects"]), encoding="utf-8")
+    (root / "Annotations" / f"{name}.xml").write_text(
+        voc_xml(name, sample["image"].shape[1], sample["objects"]), encoding="utf-8"
+    )
 
 # %% ../nbs/02_synthetic.ipynb #5f77c246
 _DIRS = ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation")
@@ -327,7 +352,8 @@ def _complete(root: Path, params: dict) -> bool:
         p = root/"ImageSets/Segmentation"/f"{split}.txt"
         if not p.is_file() or p.read_text().split() != names: return False
         have = {d: {f.name for f in (root/d).iterdir()} if (root/d).is_dir() else set() for d in _DIRS[:3]}
-        if any(f"{n}{ext}" not in have[d] for n in names for d, ext in zip(_DIRS[:3], (".jpg", ".png", ".xml"))): return False
+        if any(f"{n}{ext}" not in have[d] for n in names for d, ext in zip(_DIRS[:3], (".jpg", ".png", ".xml"))):
+            return False
     return (root/"classes.txt").is_file()
 
 def _written(meta: dict) -> set[str] | None:
@@ -342,16 +368,24 @@ def _check_replaceable(root: Path, old, params: dict):
     "Without `overwrite`: a `ConfigError` unless the benchmark at `root` (its benchmark.json read as `old`) may be rebuilt."
     again = "pass overwrite=True (--overwrite) to rebuild it, or choose another root"
     if not isinstance(old, dict) or _written(old) is None:
-        raise ConfigError(f"{root/'benchmark.json'}: unreadable or not written by make_benchmark; refusing to replace {root} — {again}")
+        raise ConfigError(
+            f"{root / 'benchmark.json'}: unreadable or not written by make_benchmark; refusing to replace {root} — {again}"
+        )
     if old.get("format_version") == FORMAT_VERSION and old != params:
         diff = sorted(k for k in params if old.get(k) != params[k])
         knobs = old["knobs"] if isinstance(old.get("knobs"), dict) else {}
         if diff == ["knobs"]: diff = [f"knobs.{k}" for k in params["knobs"] if knobs.get(k) != params["knobs"][k]]
         raise ConfigError(f"{root}: holds a benchmark built with different parameters ({', '.join(diff)}); {again}")
     # an older generator's build, or an incomplete one: rebuilt only when every file in it is one the generator wrote
-    extra = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink() or not p.is_dir()} - _written(old)
+    extra = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink() or not p.is_dir()} - _written(
+        old
+    )
     if extra:
-        what = "an older generator's benchmark" if old.get("format_version") != FORMAT_VERSION else "an incomplete benchmark"
+        what = (
+            "an older generator's benchmark"
+            if old.get("format_version") != FORMAT_VERSION
+            else "an incomplete benchmark"
+        )
         raise ConfigError(f"{root}: holds {what} and {min(extra)}, which make_benchmark did not write; "
                           f"refusing to replace it — {again}")
 
@@ -381,25 +415,33 @@ def make_benchmark(root, n_train: int = 1500, n_val: int = 300, size: int = 128,
         with tqdm(total=n_train + n_val, desc=f"benchmark {root.name}", unit="img", disable=not progress) as bar:
             for split in SPLITS:
                 for i in range(params[f"n_{split}"]):
-                    write_sample(tmp, make_sample(seed, split, i, size, kn)); bar.update()
-                atomic_write_text(tmp/"ImageSets/Segmentation"/f"{split}.txt", "".join(f"{n}\n" for n in split_names(split, params[f"n_{split}"])))
+                    write_sample(tmp, make_sample(seed, split, i, size, kn))
+                    bar.update()
+                atomic_write_text(
+                    tmp / "ImageSets/Segmentation" / f"{split}.txt",
+                    "".join(f"{n}\n" for n in split_names(split, params[f"n_{split}"])),
+                )
         atomic_write_text(tmp/"classes.txt", "".join(f"{c}\n" for c in CLASSES))
         atomic_write_json(tmp/"benchmark.json", params)
         _swap_in(tmp, root)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return root
 
 def _swap_in(new: Path, root: Path):
     "Rename `new` to `root`; an existing `root` is moved aside first and deleted after."
     if not root.exists(): return os.rename(new, root)
     old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
-    os.rename(root, old/"d"); os.rename(new, root); shutil.rmtree(old, ignore_errors=True)
+    os.rename(root, old / "d")
+    os.rename(new, root)
+    shutil.rmtree(old, ignore_errors=True)
 
 # %% ../nbs/02_synthetic.ipynb #2ecf2c33
 def benchmark_stats(root) -> pd.DataFrame:
     "Per split and class: images, instances, mean instance area fraction, pixel fraction (+ background and void rows)."
-    root = Path(root); classes = read_classes(root)
+    root = Path(root)
+    classes = read_classes(root)
     rows = []
     for split in SPLITS:
         p = root/"ImageSets/Segmentation"/f"{split}.txt"
@@ -408,12 +450,26 @@ def benchmark_stats(root) -> pd.DataFrame:
         imgs, inst, pix, npx = np.zeros(256, int), np.zeros(256, int), np.zeros(256, np.int64), 0
         for name in names:
             with Image.open(root/"SegmentationClass"/f"{name}.png") as im: m = np.asarray(im)
-            cnt = np.bincount(m.ravel(), minlength=256); pix += cnt; npx += m.size
-            objs = [classes.index(o.findtext("name")) + 1 for o in ET.parse(root/"Annotations"/f"{name}.xml").getroot().iter("object")]
-            np.add.at(inst, objs, 1); imgs[sorted(set(objs))] += 1
-            imgs[0] += cnt[0] > 0; imgs[255] += cnt[255] > 0
+            cnt = np.bincount(m.ravel(), minlength=256)
+            pix += cnt
+            npx += m.size
+            objs = [
+                classes.index(o.findtext("name")) + 1
+                for o in ET.parse(root / "Annotations" / f"{name}.xml").getroot().iter("object")
+            ]
+            np.add.at(inst, objs, 1)
+            imgs[sorted(set(objs))] += 1
+            imgs[0] += cnt[0] > 0
+            imgs[255] += cnt[255] > 0
         for ci, cname in [(0, "background"), *enumerate(classes, 1), (255, "void")]:
-            rows.append(dict(split=split, cls=cname, images=int(imgs[ci]), instances=int(inst[ci]) if 0 < ci < 255 else 0,
-                             mean_area=pix[ci] / inst[ci] / (npx / len(names)) if 0 < ci < 255 and inst[ci] else np.nan,
-                             pixel_frac=pix[ci] / npx))
+            rows.append(
+                dict(
+                    split=split,
+                    cls=cname,
+                    images=int(imgs[ci]),
+                    instances=int(inst[ci]) if 0 < ci < 255 else 0,
+                    mean_area=pix[ci] / inst[ci] / (npx / len(names)) if 0 < ci < 255 and inst[ci] else np.nan,
+                    pixel_frac=pix[ci] / npx,
+                )
+            )
     return pd.DataFrame(rows).set_index(["split", "cls"])

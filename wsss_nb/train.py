@@ -67,19 +67,26 @@ class RunConfig:
         self.method_cfg = dataclasses.asdict(method_config(self.method, self.method_cfg))
         if self.hfpl and not METHODS[self.method].image_labels:
             ok = sorted(n for n, m in METHODS.items() if m.image_labels)
-            raise ConfigError(f"isl/fsl: method={self.method!r} is not trained from image labels; the HFPL losses apply to {ok}")
+            raise ConfigError(
+                f"isl/fsl: method={self.method!r} is not trained from image labels; the HFPL losses apply to {ok}"
+            )
         self.data_root = str(Path(self.data_root).expanduser().absolute())   # a run scores the same data from any cwd
         for k in ("epochs", "batch_size", "crop", "log_interval"): check_int(getattr(self, k), k)
         for k in ("max_train_images", "max_val_images"):
             if getattr(self, k) is not None: check_int(getattr(self, k), k)
         check_int(self.num_workers, "num_workers", 0)
-        check_num(self.lr, "lr", 0, lo_open=True); check_num(self.lr_backbone, "lr_backbone", 0)
-        check_num(self.momentum, "momentum", 0, 1, hi_open=True); check_num(self.weight_decay, "weight_decay", 0)
-        check_num(self.poly_power, "poly_power", 0); check_num(self.jitter, "jitter", 0, 1)
+        check_num(self.lr, "lr", 0, lo_open=True)
+        check_num(self.lr_backbone, "lr_backbone", 0)
+        check_num(self.momentum, "momentum", 0, 1, hi_open=True)
+        check_num(self.weight_decay, "weight_decay", 0)
+        check_num(self.poly_power, "poly_power", 0)
+        check_num(self.jitter, "jitter", 0, 1)
         if self.grad_clip is not None: check_num(self.grad_clip, "grad_clip", 0, lo_open=True)
         sr = self.scale_range
         if sr and (len(sr) != 2 or not 0 < sr[0] <= sr[1]):
-            raise ConfigError(f"scale_range={list(sr)}: expected two numbers lo, hi with 0 < lo ≤ hi (or [] for no rescaling)")
+            raise ConfigError(
+                f"scale_range={list(sr)}: expected two numbers lo, hi with 0 < lo ≤ hi (or [] for no rescaling)"
+            )
 
     @property
     def backbone_cfg(self) -> BackboneConfig:
@@ -105,9 +112,14 @@ def data_fingerprint(root) -> str | None:
     "Hash of a generated benchmark's `benchmark.json` (generator version, sizes, seed, knobs); None for other datasets."
     meta = Path(root)/"benchmark.json"
     if not meta.is_file(): return None
-    try: return config_hash(json.loads(meta.read_text(encoding="utf-8")))
+    try:
+        return config_hash(json.loads(meta.read_text(encoding="utf-8")))
     except (OSError, ValueError) as e:
-        raise DataError(f"{meta}: unreadable benchmark description ({e}); rebuild it with `wsss-nb make-data --overwrite`") from None
+        raise DataError(
+            f"{meta}: unreadable benchmark description ({e}); rebuild it with `wsss-nb make-data --overwrite`"
+        ) from None
+
+
 _NESTED = ("method_cfg", "isl", "fsl")
 
 def run_config(cfg=None, **overrides) -> RunConfig:
@@ -117,15 +129,22 @@ def run_config(cfg=None, **overrides) -> RunConfig:
         try: cfg = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError: raise ConfigError(f"{p}: config file not found") from None
         except (OSError, ValueError) as e: raise ConfigError(f"{p}: not a readable json config ({e})") from None
-        if not isinstance(cfg, dict): raise ConfigError(f"{p}: expected a json object of RunConfig fields, got {type(cfg).__name__}")
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{p}: expected a json object of RunConfig fields, got {type(cfg).__name__}")
     d = to_dict(cfg) if isinstance(cfg, RunConfig) else dict(cfg or {})
     for k, v in overrides.items():
         if "." in k:
             top, sub = k.split(".", 1)
-            if top not in _NESTED: raise ConfigError(f"{k}: only {', '.join(f'{t}.<field>' for t in _NESTED)} may be dotted")
+            if top not in _NESTED:
+                raise ConfigError(f"{k}: only {', '.join(f'{t}.<field>' for t in _NESTED)} may be dotted")
             d[top] = {**dict(d.get(top) or {}), sub: v}
         else: d[k] = v
-    if "method" in overrides and "method_cfg" not in overrides and isinstance(cfg, RunConfig) and cfg.method != d["method"]:
+    if (
+        "method" in overrides
+        and "method_cfg" not in overrides
+        and isinstance(cfg, RunConfig)
+        and cfg.method != d["method"]
+    ):
         d["method_cfg"] = {}                          # a new method starts from its own defaults
     return from_dict(RunConfig, d)
 
@@ -134,7 +153,8 @@ def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
     "SGD or AdamW over `model.param_groups(cfg)`, remembering each group's base lr."
     groups = model.param_groups(cfg)
     for g in groups: g["base_lr"] = g["lr"]
-    if cfg.optimizer == "sgd": return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 def set_lr(opt, cfg: RunConfig, it: int, total: int) -> float:
@@ -157,7 +177,10 @@ def make_datasets(cfg: RunConfig, train_options: dict | None = None):
 def setup_training(model, cfg: RunConfig, run_dir) -> dict:
     "The method's extra training-data options: `model.setup_training(cfg, run_dir)` (`Method`'s default: `{}`)."
     opts = model.setup_training(cfg, Path(run_dir))
-    if not isinstance(opts, dict): raise ConfigError(f"{type(model).__name__}.setup_training: expected a dict of VOCDataset options, got {type(opts).__name__}")
+    if not isinstance(opts, dict):
+        raise ConfigError(
+            f"{type(model).__name__}.setup_training: expected a dict of VOCDataset options, got {type(opts).__name__}"
+        )
     return opts
 
 def to_device(batch: dict, device) -> dict:
@@ -169,7 +192,8 @@ def to_device(batch: dict, device) -> dict:
 def validate(model, dataset, device=None, progress: bool = False) -> dict:
     "Single-scale evaluation of `model.predict` on `dataset` (one image at a time): SegEvaluator summary."
     device = device or next(model.parameters()).device
-    was = model.training; model.eval()
+    was = model.training
+    model.eval()
     ev = SegEvaluator(dataset.num_classes, class_names=("background", *dataset.classes))
     for i in tqdm(range(len(dataset)), desc="val", leave=False, disable=not progress):
         s = dataset[i]
@@ -185,8 +209,12 @@ class TrainingError(WSSSError, RuntimeError):
 
 def _check_weights(model, epoch: int, cfg):
     bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad: raise TrainingError(f"{len(bad)} weight tensors (e.g. {bad[0]!r}) became non-finite in epoch {epoch + 1} "
-                                f"(lr={cfg.lr}, lr_backbone={cfg.lr_backbone}: too large?); the last good checkpoint is kept")
+    if bad:
+        raise TrainingError(
+            f"{len(bad)} weight tensors (e.g. {bad[0]!r}) became non-finite in epoch {epoch + 1} "
+            f"(lr={cfg.lr}, lr_backbone={cfg.lr_backbone}: too large?); the last good checkpoint is kept"
+        )
+
 
 def _check_finite(terms: dict, step: int, epoch: int):
     for k, v in terms.items():
@@ -212,7 +240,8 @@ def load_checkpoint(path, model, opt=None) -> dict:
 def train(cfg, **overrides) -> dict:
     "Train (or resume, or just return) the run described by `cfg`; returns its metrics dict."
     cfg = run_config(cfg, **overrides)
-    rd = run_dir(cfg); rd.mkdir(parents=True, exist_ok=True)
+    rd = run_dir(cfg)
+    rd.mkdir(parents=True, exist_ok=True)
     with open(rd/".lock", "w") as lock:           # one process per run: a second one asking for it waits, then
         fcntl.flock(lock, fcntl.LOCK_EX)          # finds it finished (the lock dies with its process)
         if not (rd/".lock").exists(): return train(cfg)     # the holder failed and removed the folder: start afresh
@@ -252,10 +281,22 @@ def _train(cfg: RunConfig, rd: Path) -> dict:
             rec = dict(epoch=epoch + 1, **{k: final[k] for k in ("seconds", "mIoU", "bIoU", "F", "J&F", "pixel_acc")},
                        **{k: v for k, v in final.items() if k.startswith("loss_")})
             history.append(rec)
-            atomic_torch_save(dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1, history=history,
-                                   final=final, config=cfg_d, data=data_fingerprint(cfg.data_root)), rd/"checkpoint.pt")
+            atomic_torch_save(
+                dict(
+                    model=model.state_dict(),
+                    optimizer=opt.state_dict(),
+                    epoch=epoch + 1,
+                    history=history,
+                    final=final,
+                    config=cfg_d,
+                    data=data_fingerprint(cfg.data_root),
+                ),
+                rd / "checkpoint.pt",
+            )
             atomic_write_json(rd/"metrics.json", dict(config=cfg_d, run_dir=str(rd), history=history, final=final))
-            print(json.dumps(rec), file=log, flush=True)       # logged once the epoch is saved: a re-run never repeats a line
+            print(
+                json.dumps(rec), file=log, flush=True
+            )  # logged once the epoch is saved: a re-run never repeats a line
     return dict(config=cfg_d, run_dir=str(rd), history=history, final=final)
 
 def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device) -> dict:
@@ -263,21 +304,26 @@ def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device)
     seed_everything(cfg.seed * 100_003 + epoch)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
                                          drop_last=len(train_ds) >= cfg.batch_size, num_workers=cfg.num_workers)
-    model.train(); sums, n, t0 = {}, 0, time.time()
+    model.train()
+    sums, n, t0 = {}, 0, time.time()
     bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress)
     for i, batch in enumerate(bar):
         it = epoch * steps + i
         set_lr(opt, cfg, it, total)
         batch = to_device(batch, device)
-        with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=cfg.amp):
+        with torch.autocast(
+            device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=cfg.amp
+        ):
             try:
-                out = model(batch); terms = model.losses(batch, out, epoch)
+                out = model(batch)
+                terms = model.losses(batch, out, epoch)
                 if cfg.hfpl: terms = with_hfpl(terms, batch, out["cams"], batch["labels"], cfg.isl, cfg.fsl)
             except DataError as e:         # a component refused the model's own outputs (PAMR: non-finite masks)
                 raise TrainingError(f"step {it} (epoch {epoch + 1}): {e} — the model diverged (lr too large?); "
                                     f"the last good checkpoint is kept") from None
         _check_finite(terms, it, epoch)
-        opt.zero_grad(set_to_none=True); terms["total"].backward()
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
         if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         for k, v in terms.items(): sums[k] = sums.get(k, 0.) + float(v.detach())

@@ -45,6 +45,7 @@ def register_method(name: str):
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise ConfigError(f"register_method({name!r}): expected a Method subclass, got {cls!r}")
-        cls.name = name; METHODS[name] = cls
+        cls.name = name
+        METHODS[name] = cls
         return cls
     return deco
