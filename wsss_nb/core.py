@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #20512edf
 from __future__ import annotations
-import io, json, os, random, tempfile
+import dataclasses, hashlib, io, json, math, os, random, tempfile, types, typing
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -92,7 +92,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> int:
         torch.backends.cudnn.benchmark = False
     return seed
 
-# %% ../nbs/00_core.ipynb #e507bf0d
+# %% ../nbs/00_core.ipynb #fe516443
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # the process umask (read once: os.umask can only be read by setting it)
 
@@ -116,6 +116,7 @@ def atomic_open(path, mode: str = "wb", **kwargs):
         if os.path.exists(tmp): os.unlink(tmp)
         raise
 
+# %% ../nbs/00_core.ipynb #985c3f24
 def atomic_write_bytes(path, data: bytes) -> Path:
     "Write `data` to `path` atomically."
     with atomic_open(path, "wb") as f: f.write(data)
@@ -137,6 +138,7 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"object of type {type(o).__name__} is not JSON serialisable")
 
+# %% ../nbs/00_core.ipynb #ad13ca96
 def atomic_torch_save(obj, path) -> Path:
     "`torch.save` to `path` atomically (serialised in memory first, so a full disk is the OS's own error)."
     buf = io.BytesIO()
@@ -230,8 +232,6 @@ def resize(x, size, mode: str = "bilinear", align_corners: bool = False):
     return y if x.is_floating_point() else y.to(x.dtype)
 
 # %% ../nbs/00_core.ipynb #e10a0a7a
-import dataclasses, hashlib, math, typing, types
-
 def to_dict(cfg) -> dict:
     "A config dataclass as a plain (json-able) dict, nested configs included."
     return dataclasses.asdict(cfg)
@@ -281,6 +281,7 @@ def from_dict(cls, d: dict, path: str = ""):
     kw = {k: _check(v, hints[k], f"{path + '.' if path else ''}{k}") for k, v in d.items()}
     return cls(**kw)
 
+# %% ../nbs/00_core.ipynb #8b344550
 def config_hash(cfg, n: int = 10) -> str:
     "A short stable hash of a config (its canonical json)."
     blob = json.dumps(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True, default=_json_default)
