@@ -29,7 +29,7 @@ __all__ = ['VOC_CLASSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'read_classes', 'save
            'VOCDataset', 'label_maps', 'Compose', 'RandomScale', 'RandomHFlip', 'ColorJitter', 'RandomCrop',
            'Normalize', 'train_transform', 'collate']
 
-# %% ../nbs/01_data.ipynb #242ff5ef
+# %% ../nbs/01_data.ipynb #d1234f4a
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
@@ -38,12 +38,13 @@ def read_classes(root) -> tuple[str, ...]:
     "Foreground class names: `root/classes.txt` when present, else the 20 VOC classes."
     p = Path(root)/"classes.txt"
     if not p.exists(): return VOC_CLASSES
-    names = tuple(l.strip() for l in p.read_text(encoding="utf-8-sig").splitlines() if l.strip())
+    names = tuple(ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip())
     if not names: raise DataError(f"{p}: empty; expected one foreground class name per line")
     if len(set(names)) != len(names): raise DataError(f"{p}: duplicate class names")
     if "background" in names: raise DataError(f"{p}: list foreground classes only ('background' is index 0)")
     return names
 
+# %% ../nbs/01_data.ipynb #77865708
 def save_mask(path, mask) -> Path:
     "Write a class-index mask (H×W ints in 0..255) as a VOC palette PNG, atomically."
     m = to_numpy(mask)
@@ -119,35 +120,9 @@ def read_boxes(path, classes, image_size=None) -> np.ndarray:
         out.append((*box, classes.index(name) + 1))
     return np.array(out, dtype=np.float32).reshape(-1, 5)
 
-# %% ../nbs/01_data.ipynb #aa0dbca2
-class VOCDataset(torch.utils.data.Dataset):
-    "PASCAL VOC 2012 layout reader; samples follow the design's dict (image, image_raw, mask, labels, boxes, name)."
-    def __init__(self, root, split: str = "train", transform=None, mask_dir: str | None = None,
-                 masks: bool | None = None, boxes: bool | None = None, classes=None,
-                 extra_masks: dict | None = None, max_images: int | None = None):
-        if not isinstance(root, (str, os.PathLike)): raise ConfigError(f"root={root!r}: expected a dataset folder path")
-        self.root, self.split = Path(root), split
-        if not self.root.is_dir(): raise DataError(f"{self.root}: dataset root not found")
-        self.classes = tuple(classes) if classes is not None else read_classes(self.root)
-        self.num_classes = len(self.classes) + 1
-        if max_images is not None: check_int(max_images, "max_images")
-        self.names = self._read_split(split)[:max_images]
-        self.extra_dirs = self._extra_dirs(extra_masks or {})
-        if mask_dir is None:
-            aug = (self.root/"SegmentationClassAug").is_dir()
-            mask_dir = (
-                "SegmentationClassAug"
-                if aug and ("aug" in split or not (self.root / "SegmentationClass").is_dir())
-                else "SegmentationClass"
-            )
-        self.mask_dir = self.root/mask_dir
-        self.has_masks = self.mask_dir.is_dir() if masks is None else masks
-        self.has_boxes = (self.root/"Annotations").is_dir() if boxes is None else boxes
-        if not (self.has_masks or self.has_boxes):
-            raise DataError(f"{self.root}: neither {mask_dir}/ nor Annotations/ found; image labels need one of them")
-        self.transform = transform if transform is not None else Normalize()
-        self._check_files()
-
+# %% ../nbs/01_data.ipynb #3b6eb3b9
+class _VOCFiles:
+    "The file side of `VOCDataset`: the split list, the extra label-map folders, each image's paths and their checks."
     def _read_split(self, split):
         for sub in ("Segmentation", "SegmentationAug"):
             p = self.root/"ImageSets"/sub/f"{split}.txt"
@@ -156,7 +131,7 @@ class VOCDataset(torch.utils.data.Dataset):
             have = sorted({q.stem for q in (self.root/"ImageSets").glob("Segmentation*/*.txt")})
             raise DataError(f"{self.root}/ImageSets/Segmentation/{split}.txt: split {split!r} not found; "
                             f"available splits: {have}")
-        names = [Path(l.split()[0]).stem for l in p.read_text(encoding="utf-8-sig").splitlines() if l.strip()]
+        names = [Path(ln.split()[0]).stem for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
         if not names: raise DataError(f"{p}: split file is empty; expected one image name per line")
         return names
 
@@ -198,6 +173,35 @@ class VOCDataset(torch.utils.data.Dataset):
                 if need and not p.is_file():
                     raise DataError(f"{p}: {what} of {name!r} listed in split {self.split!r} not found")
 
+# %% ../nbs/01_data.ipynb #862dd3e4
+class VOCDataset(_VOCFiles, torch.utils.data.Dataset):
+    "PASCAL VOC 2012 layout reader; samples follow the design's dict (image, image_raw, mask, labels, boxes, name)."
+    def __init__(self, root, split: str = "train", transform=None, mask_dir: str | None = None,
+                 masks: bool | None = None, boxes: bool | None = None, classes=None,
+                 extra_masks: dict | None = None, max_images: int | None = None):
+        if not isinstance(root, (str, os.PathLike)): raise ConfigError(f"root={root!r}: expected a dataset folder path")
+        self.root, self.split = Path(root), split
+        if not self.root.is_dir(): raise DataError(f"{self.root}: dataset root not found")
+        self.classes = tuple(classes) if classes is not None else read_classes(self.root)
+        self.num_classes = len(self.classes) + 1
+        if max_images is not None: check_int(max_images, "max_images")
+        self.names = self._read_split(split)[:max_images]
+        self.extra_dirs = self._extra_dirs(extra_masks or {})
+        if mask_dir is None:
+            aug = (self.root/"SegmentationClassAug").is_dir()
+            mask_dir = (
+                "SegmentationClassAug"
+                if aug and ("aug" in split or not (self.root / "SegmentationClass").is_dir())
+                else "SegmentationClass"
+            )
+        self.mask_dir = self.root/mask_dir
+        self.has_masks = self.mask_dir.is_dir() if masks is None else masks
+        self.has_boxes = (self.root/"Annotations").is_dir() if boxes is None else boxes
+        if not (self.has_masks or self.has_boxes):
+            raise DataError(f"{self.root}: neither {mask_dir}/ nor Annotations/ found; image labels need one of them")
+        self.transform = transform if transform is not None else Normalize()
+        self._check_files()
+
     def __len__(self): return len(self.names)
 
     def read(self, i) -> dict:
@@ -223,9 +227,8 @@ class VOCDataset(torch.utils.data.Dataset):
         for k, d in self.extra_dirs.items():
             extra[k] = read_mask(d/f"{name}.png", self.num_classes)
             if extra[k].shape != (H, W):
-                raise DataError(
-                    f"{d / name}.png: label map {k!r} size {extra[k].shape[1]}×{extra[k].shape[0]} ≠ image size {W}×{H} of {img_p.name}"
-                )
+                size = f"{extra[k].shape[1]}×{extra[k].shape[0]}"
+                raise DataError(f"{d / name}.png: label map {k!r} size {size} ≠ image size {W}×{H} of {img_p.name}")
         return dict(image=img, mask=mask, boxes=boxes, labels=labels, name=name, **extra)
 
     def __getitem__(self, i) -> dict:
@@ -236,7 +239,7 @@ class VOCDataset(torch.utils.data.Dataset):
                       **{k: torch.from_numpy(s[k]).long() for k in self.extra_dirs})
         return self.transform(sample)
 
-# %% ../nbs/01_data.ipynb #9df54c99
+# %% ../nbs/01_data.ipynb #6576ee82
 def label_maps(s: dict) -> list[str]:
     "Keys of the sample's label maps: 'mask' and every other H×W integer tensor of the mask's size."
     m = s["mask"]
@@ -251,6 +254,7 @@ class Compose:
         return s
     def __repr__(self): return f"Compose({', '.join(map(repr, self.tfms))})"
 
+# %% ../nbs/01_data.ipynb #7de3ee69
 class RandomScale:
     "Rescale by a factor drawn uniformly from `scale_range` (bilinear image, nearest mask, scaled boxes)."
     def __init__(self, scale_range=(0.9, 1.1)): self.lo, self.hi = scale_range
@@ -291,6 +295,7 @@ class ColorJitter:
         return dict(s, image_raw=x.clamp(0, 1))
     def __repr__(self): return f"ColorJitter({self.b}, {self.c}, {self.s})"
 
+# %% ../nbs/01_data.ipynb #5ffccfec
 class RandomCrop:
     "Random `size` crop; smaller images are padded (image 0, mask 255); boxes clipped, empty ones dropped."
     def __init__(self, size):
@@ -309,6 +314,7 @@ class RandomCrop:
         return dict(s, image_raw=img[:, y0:y0+h, x0:x0+w], boxes=b, **{k: v[y0:y0+h, x0:x0+w] for k, v in maps.items()})
     def __repr__(self): return f"RandomCrop({self.size})"
 
+# %% ../nbs/01_data.ipynb #9d4f2f34
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 class Normalize:
