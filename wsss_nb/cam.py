@@ -17,7 +17,8 @@ __all__ = ['CAMBaseline']
 
 # %% ../nbs/10_cam.ipynb #b1d8e0e8
 class CAMBaseline(Method):
-    "GAP-CAM: multi-label classification from image labels, CAMs + constant background as segmentation."
+    """GAP-CAM: multi-label classification from image labels, CAMs + constant background as segmentation:
+    CAM_c = ReLU(w_cᵀ f), scores s_c = (1/hw)·Σ_ij w_cᵀ f_ij, loss = multi-label soft margin of (s, y)."""
     name = "cam"
     image_labels = True
     @dataclass
@@ -37,11 +38,11 @@ class CAMBaseline(Method):
         return dict(cls=cls, total=cls)
 
     def cam_probs(self, out, labels, size):
-        "Normalised background-first scores (B×(C+1)×H×W) from the CAMs for the given image labels."
+        "Background-first B×(C+1)×H×W probabilities P ∝ (b, m̂_1, …, m̂_C) from the CAMs, for the given image labels."
         return cams_to_probs(normalize_cams(out["cams"], labels, size), bg_score=self.cfg.bg_score, normalize=True)
 
     def predict(self, image, labels=None):
-        "CAM probabilities for `labels`, or for the classes the classifier finds present."
+        "CAM probabilities for `labels`, or for the classes the classifier finds present (σ(s_c) > `label_threshold`)."
         out = self.forward(dict(image=image))
         if labels is None: labels = (out["logits"].sigmoid() > self.cfg.label_threshold).float()
         return self.cam_probs(out, labels, image.shape[-2:])
