@@ -182,7 +182,7 @@ def fsl_gate(
     cams: torch.Tensor, labels: torch.Tensor | None = None, gating: str = "r", background: bool = True
 ) -> torch.Tensor:
     """FSL gating input from raw CAM scores s B×C×h×w, absent classes zeroed; `background`: a background channel first.
-    r = ReLU(s)/max ReLU(s) (Eq. 4), b = σ(s) (Eq. 14), s itself, or a = softmax_c(s); background 1 − max_c r_c."""
+    r = ReLU(s)/max ReLU(s) (Eq. 4), b = σ(s) (Eq. 14), s, or a = softmax_c(s); background 1 − max_c (a: a logit 0)."""
     check_shape(cams, "cams", "B×C×h×w")
     if gating not in GATINGS: raise ConfigError(f"gating={gating!r}: expected one of {list(GATINGS)}")
     present = (torch.ones_like(cams[:, :, 0, 0]) if labels is None else

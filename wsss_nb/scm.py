@@ -54,7 +54,8 @@ def self_information(
     offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Self-information Î (Eq. 3) of the patch p at every pixel of `x` (B×K×H×W image or features) → B×H×W.
-    Î(p) = −log((1/|N_p|)·Σ_{p′ ∈ N_p} exp(−‖p − p′‖²/2h²)/(√(2π)·h)), N_p: `n_samples` patches within `radius`."""
+    Î(p) = −log((1/|N_p|)·Σ_{p′ ∈ N_p} exp(−‖p − p′‖²/2h²)/(√(2π)·h)), N_p: `n_samples` patches within `radius`;
+    `normalize` divides ‖p − p′‖² by its mean over the image first."""
     check_shape(x, "x", "B×K×H×W")
     _check_kde(bandwidth, patch)
     offs = sample_offsets(radius, n_samples, generator) if offsets is None else offsets

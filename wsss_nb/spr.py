@@ -44,7 +44,7 @@ def spr_kernel(
     image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS
 ) -> torch.Tensor:
     """SPR kernel (Eq. 5 before the softmax), B×C×8D×H×W: PAMR's colour kernel mixed with the class term by α.
-    k^c(i, n) = −α·|I_i − I_n| / (1e-8 + 0.1·σ_i) − (1 − α)·|s^c_i − s^c_n| / (1e-8 + 0.1·σ^c)."""
+    k^c(i, n) = −α·mean_ch |I_i − I_n| / (1e-8 + 0.1·σ_i) − (1 − α)·|s^c_i − s^c_n| / (1e-8 + 0.1·σ^c)."""
     _check_alpha(alpha)
     B, C, H, W = scores.shape
     b, c = torch.meshgrid(torch.arange(B, device=scores.device), torch.arange(C, device=scores.device), indexing="ij")

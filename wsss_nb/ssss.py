@@ -70,7 +70,7 @@ def pseudo_gt_labels(pseudo_gt: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/12_ssss.ipynb #ca27100a
 def balanced_mask_loss_ce(logits: torch.Tensor, pseudo_gt: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-image class-balanced CE (B,) of logits B×(C+1)×h×w against binary pseudo GT B×(C+1)×H×W; image labels B×C.
-    A pixel of class c weighs q_c = (M − M_c)/(1 + M) (supp. Eq. 21–22); mean over all pixels; 0 if a class has none."""
+    A pixel of class c weighs q_c = (M − M_c)/(1 + M) (supp. Eq. 21–22); mean over all pixels; 0 if a label has none."""
     check_shape(logits, "logits", "B×(C+1)×h×w")
     check_shape(pseudo_gt, "pseudo_gt", "B×(C+1)×H×W")
     B, K = pseudo_gt.shape[:2]
