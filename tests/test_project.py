@@ -1,5 +1,5 @@
 """Project-level checks: requirement lists agree, the commands the README promises exist."""
-import configparser, re
+import ast, configparser, dataclasses, re, subprocess, sys
 
 import yaml
 from pathlib import Path
@@ -22,7 +22,7 @@ def test_environment_yml_matches_settings_ini():
     settings_reqs = s["requirements"].split() + s["dev_requirements"].split()
     deps = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
     pip_lines = next(d["pip"] for d in deps if isinstance(d, dict))
-    env_reqs = [l for l in pip_lines if l != "-e ."]
+    env_reqs = [line for line in pip_lines if line != "-e ."]
     # same packages with the same version pins, in both lists
     assert sorted(settings_reqs) == sorted(env_reqs)
     assert "-e ." in pip_lines
@@ -54,8 +54,6 @@ def test_every_notebook_exports_a_module_that_exists():
 
 
 # ---- layers: the import graph of wsss_nb (issue 15) ----
-import ast, dataclasses, subprocess, sys
-
 PKG = ROOT / "wsss_nb"
 LAZY_IMPORTS_OK = {"cli"}     # the top layer: imports lazily for start-up speed (still downward)
 

@@ -1,6 +1,7 @@
-"""A tiny table runs through papermill: a failing point is recorded, the other completes, a re-run reuses the finished one;
-a corrupt results.json is recomputed; a re-run whose points fail leaves a table holding their finished values as it was;
-the papers' tables expand to the same grid points (config, parameters, metric) as before they moved to per-paper notebooks."""
+"""A tiny table runs through papermill: a failing point is recorded, the other completes, a re-run reuses the
+finished one; a corrupt results.json is recomputed; a re-run whose points fail leaves a table holding their finished
+values as it was; the papers' tables expand to the same grid points (config, parameters, metric) as before they moved
+to per-paper notebooks."""
 
 import hashlib, json
 from pathlib import Path

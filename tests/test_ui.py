@@ -4,7 +4,7 @@ and the docs site (`make docs`'s _docs/ served on a loopback port).
 Slow and skipped unless WSSS_UI=1 (`make test-ui` sets it, builds the docs and installs chromium, chromium-driver
 and selenium). Screenshots go to tests/screenshots/ (git-ignored).
 """
-import os, secrets, shutil, socket, subprocess, sys, tempfile, time, urllib.request, warnings, json
+import os, secrets, shutil, socket, subprocess, sys, time, urllib.request, warnings, json
 from pathlib import Path
 
 import pytest
@@ -98,9 +98,8 @@ def browser():
     from selenium.webdriver.chrome.service import Service
     chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.fail(
-            "chromium and chromedriver not found: `make test-ui` installs them (apt-get install chromium chromium-driver)"
-        )
+        pytest.fail("chromium and chromedriver not found: `make test-ui` installs them "
+                    "(apt-get install chromium chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1500,1100"):
@@ -115,7 +114,8 @@ const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
 if (!w || !w.content || !w.sessionContext || !w.sessionContext.session || !w.sessionContext.session.kernel) return null;
 const cells = w.content.widgets.filter(c => c.model.type === 'code');
 return {status: w.sessionContext.session.kernel.status,
-        pending: cells.filter(c => { const p = c.node.querySelector('.jp-InputPrompt'); return p && p.textContent.includes('*'); }).length,
+        pending: cells.filter(c => {
+            const p = c.node.querySelector('.jp-InputPrompt'); return p && p.textContent.includes('*'); }).length,
         unrun: cells.filter(c => c.model.executionCount === null).length, cells: cells.length,
         errors: cells.map(c => c.model.outputs.toJSON().filter(o => o.output_type === 'error')
                                  .map(o => o.ename + ': ' + o.evalue)).flat()};
@@ -182,9 +182,8 @@ def test_explorers_in_jupyterlab(lab, browser):
         )
         dt = time.monotonic() - t1
         status = box.find_element(By.CSS_SELECTOR, ".wsss-explorer-status").text
-        print(
-            f"{title}: slider {value0} → {readout[0].text if readout else '?'}, new picture after {dt:.2f} s in the browser ({status})"
-        )
+        print(f"{title}: slider {value0} → {readout[0].text if readout else '?'}, "
+              f"new picture after {dt:.2f} s in the browser ({status})")
         assert after != before and "rendered" in status, status
         time.sleep(0.5)                                                     # the new picture painted
         box.screenshot(str(SHOTS/f"{10 + k}_{title.split(' ')[0].lower()}_after.png"))

@@ -139,7 +139,7 @@ def split_title_cell(nb) -> None:
     first = next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown"), None)
     if first is None: return
     lines = nb.cells[first].source.splitlines()
-    title = next((i for i, l in enumerate(lines) if re.match(r"#\s+\S", l)), None)
+    title = next((i for i, line in enumerate(lines) if re.match(r"#\s+\S", line)), None)
     if title is None: return
     i, summary = title + 1, []
     while i < len(lines) and (not lines[i].strip() and not summary or lines[i].startswith(">")):
@@ -262,7 +262,7 @@ def build(n_workers: int = 2, out: Path | None = None, cache: Path | None = None
         refresh_quarto_yml()
         write_sidebar_yml(nbs_path/"sidebar.yml", secs)
     titles = {p.name: ("Home" if p.name == "index.ipynb" else notebook_title(p)) for p in nbs}
-    # a processed notebook is redone when its notebook, this builder, settings.ini or the symbol index (API links) changed
+    # redo a processed notebook when it, this builder, settings.ini or the symbol index (API links) changed
     stamp = max(f.stat().st_mtime for f in (BUILDER, cfg.config_file, cfg.lib_path/"_modidx.py") if f.exists())
     prefixes = sorted({cfg.doc_host.rstrip("/") + cfg.doc_baseurl.rstrip("/") + "/", "/"} - {"/"})
     out.mkdir(parents=True, exist_ok=True)

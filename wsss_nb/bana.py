@@ -71,6 +71,7 @@ class BanaConfig:
             clash = sorted(set(d) & set(own))
             if clash: raise ConfigError(f"{name}: {clash} are fields of BanaConfig itself; set them there")
 
+# %% ../nbs/52_bana.ipynb #b2e2d8c0
 def bana_config(cfg=None, **overrides) -> BanaConfig:
     "A `BanaConfig` from None, a dict or a config, with `overrides` (unknown names are a `ConfigError`)."
     d = to_dict(cfg) if isinstance(cfg, BanaConfig) else dict(cfg or {})
@@ -87,16 +88,19 @@ def stage1_config(cfg: BanaConfig):
         batch_size=cfg.cls_batch_size, epochs=cfg.cls_epochs, optimizer="adamw", lr=cfg.cls_lr, lr_backbone=cfg.cls_lr,
         seed=cfg.seed, device=cfg.device, out_dir=str(Path(cfg.out_dir)/"stage1"), progress=cfg.progress))
 
+# %% ../nbs/52_bana.ipynb #045382b2
 def generation_config(cfg: BanaConfig):
     "The `BoxPseudoConfig` of stage 2."
     return pseudo_config(cfg.pseudo_cfg, grid_size=cfg.gen_grid_size, bg_threshold=cfg.bg_threshold)
 
+# %% ../nbs/52_bana.ipynb #c3a49bfd
 def pseudo_dir(cfg: BanaConfig) -> Path:
     "Stage 2's folder: keyed by stage 1's run, the generation config and the images."
     key = config_hash(dict(stage1=stage1_config(cfg).key, pseudo=to_dict(generation_config(cfg)),
                            split=cfg.train_split, max_images=cfg.max_train_images))
     return Path(cfg.out_dir)/"pseudo"/key
 
+# %% ../nbs/52_bana.ipynb #e8dc2fc4
 def stage3_config(cfg: BanaConfig):
     "The RunConfig of stage 3 (`bana_seg` on stage 2's export)."
     mcfg = dict(cfg.seg_cfg, pseudo_dir=str(pseudo_dir(cfg)), loss=cfg.loss, gamma=cfg.gamma, lam=cfg.lam,
@@ -121,6 +125,7 @@ def bana_pseudo_labels(cfg=None, **overrides) -> Path:
         export_pseudo_labels(stage1, ds, pdir, generation_config(cfg), progress=cfg.progress)
     return pdir
 
+# %% ../nbs/52_bana.ipynb #1bdba477
 def run_bana(cfg=None, **overrides) -> dict:
     "Stages 1–3 and the evaluation of BANA, each skipped when its output exists; returns (and writes) the summary."
     cfg = bana_config(cfg, **overrides)

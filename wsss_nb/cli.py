@@ -24,6 +24,7 @@ def _key_values(items: list[str], flag: str = "--set") -> dict:
         out[k.strip()] = v
     return out
 
+# %% ../nbs/80_cli.ipynb #99cf4e77
 def cmd_make_data(args) -> int:
     "Build the built-in benchmark (a no-op when it exists with the same parameters) and print its statistics."
     from wsss_nb.synthetic import make_benchmark, benchmark_stats
@@ -33,6 +34,7 @@ def cmd_make_data(args) -> int:
     print(benchmark_stats(root).to_string())
     return 0
 
+# %% ../nbs/80_cli.ipynb #891b4cf1
 def cmd_train(args) -> int:
     "Train (or resume) a run; print where it lives and its final metrics."
     from wsss_nb.train import train
@@ -41,35 +43,19 @@ def cmd_train(args) -> int:
     print(f"run {r['run_dir']}: mIoU {f['mIoU']:.4f}  bIoU {f['bIoU']:.4f}  F {f['F']:.4f}  J&F {f['J&F']:.4f}")
     return 0
 
-def _infer_args(p):
-    p.add_argument("--run", required=True, help="a run folder (runs/<hash>)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="e.g. 1 0.5 1.5 2 (SSSS)")
-    p.add_argument("--bg-power", type=float, default=None, help="raise the background probability to this power")
-    p.add_argument("--flip", action="store_true", help="also average the flipped image")
-    p.add_argument("--min-confidence", type=float, default=None, help="drop classes below this classifier confidence")
-    p.add_argument("--gt-labels", action="store_true", help="keep only the ground-truth image labels")
-    p.add_argument("--crf", action="store_true", help="refine with the dense CRF")
-    p.add_argument("--max-images", type=int, default=None)
-
+# %% ../nbs/80_cli.ipynb #e71f6242
 def cmd_eval(args, export=None) -> int:
     "Evaluate a run on a split with the chosen inference; print the metrics (and export when asked)."
     from wsss_nb.infer import evaluate, InferConfig
     icfg = InferConfig(tuple(args.scales), args.flip, args.min_confidence, args.gt_labels, args.crf, args.bg_power)
-    m = evaluate(
-        args.run,
-        args.split,
-        icfg,
-        export=export,
-        export_probs=getattr(args, "probs", False),
-        max_images=args.max_images,
-        overwrite=getattr(args, "force", False),
-    )
+    m = evaluate(args.run, args.split, icfg, export=export, export_probs=getattr(args, "probs", False),
+                 max_images=args.max_images, overwrite=getattr(args, "force", False))
     print(f"{args.split}: mIoU {m['mIoU']:.4f}  bIoU {m['bIoU']:.4f}  F {m['F']:.4f}  J&F {m['J&F']:.4f}")
     print("per class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in m["IoU"].items()))
     if export: print(f"exported to {export}")
     return 0
 
+# %% ../nbs/80_cli.ipynb #38466d14
 def cmd_bench(args) -> int:
     "Run a named benchmark of `wsss_nb.bench` (it prints its own summary line)."
     import wsss_nb.bench as bench
@@ -77,6 +63,7 @@ def cmd_bench(args) -> int:
     fn(**({"repeats": args.repeats} if args.repeats is not None else {}))
     return 0
 
+# %% ../nbs/80_cli.ipynb #2cee29c9
 def cmd_tables(args) -> int:
     "Run the papers' tables (missing points only) and write papers_tables/; exit 1 when a point failed."
     from wsss_nb.paper_tables import TABLES, get_table, run_table, table_points
@@ -94,20 +81,18 @@ def cmd_tables(args) -> int:
         print(f"[{i + 1}/{len(ids)}] {t}", flush=True)
         with warnings.catch_warnings():              # run_table's "not rewritten" warning: said once, below
             warnings.simplefilter("ignore")
-            r = run_table(
-                t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out, data_root=args.data_root
-            )
+            r = run_table(t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out,
+                          data_root=args.data_root)
         n_failed += r["failed"]
         print(f"  -> {Path(args.out)/(t + '.md')}" + (f" ({r['failed']} failed points)" if r["failed"] else "")
               + ("" if r["written"] else f"; not rewritten: {r['reason']}"), flush=True)
     print(f"index: {write_index(args.out)}")
     if n_failed:
-        print(
-            f"wsss-nb tables: {n_failed} points failed (their errors are in the tables' 'Failed points')",
-            file=sys.stderr,
-        )
+        print(f"wsss-nb tables: {n_failed} points failed (their errors are in the tables' 'Failed points')",
+              file=sys.stderr)
     return 1 if n_failed else 0
 
+# %% ../nbs/80_cli.ipynb #533d8187
 def cmd_lab(args) -> int:
     "Open JupyterLab on the notebooks."
     import subprocess
@@ -115,15 +100,15 @@ def cmd_lab(args) -> int:
     if not nbs.is_dir(): raise ConfigError(f"{nbs}: notebooks folder not found (run from a source checkout)")
     return subprocess.call([sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={nbs}", *args.extra])
 
+# %% ../nbs/80_cli.ipynb #dc474442
 class _Parser(argparse.ArgumentParser):
     "argparse with one-line errors: `wsss-nb <command>: error: <what> (see --help)`, exit status 2."
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="wsss-nb", description="Weakly supervised semantic segmentation workbench.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+# %% ../nbs/80_cli.ipynb #919f0f8f
+def _add_make_data(sub):
     d = sub.add_parser("make-data", help="build the built-in benchmark in the VOC layout",
                        description="Build the built-in benchmark (VOC layout) and print its statistics.")
     d.add_argument("--root", default="data/synthetic", help="output folder (default: data/synthetic)")
@@ -134,20 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true", help="rebuild even when a benchmark exists at --root")
     d.add_argument("--knob", action="append", metavar="KEY=VALUE", help="a difficulty knob (repeatable)")
     d.set_defaults(func=cmd_make_data)
-    t = sub.add_parser(
-        "train",
-        help="train (or resume) a run",
-        description="Train a run from a config file and/or "
-        "key=value settings (RunConfig fields; method options as method_cfg.<name>). A run that exists resumes.",
-    )
+
+# %% ../nbs/80_cli.ipynb #e75384f1
+def _add_train(sub):
+    t = sub.add_parser("train", help="train (or resume) a run",
+                       description="Train a run from a config file and/or key=value settings (RunConfig fields; "
+                       "method options as method_cfg.<name>). A run that exists resumes.")
     t.add_argument("--config", help="a json file of RunConfig fields")
-    t.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="a RunConfig field (repeatable), e.g. method=cam"
-    )
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a RunConfig field (repeatable), e.g. method=cam")
     t.set_defaults(func=cmd_train)
+
+# %% ../nbs/80_cli.ipynb #38645a6a
+def _infer_args(p):
+    p.add_argument("--run", required=True, help="a run folder (runs/<hash>)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="e.g. 1 0.5 1.5 2 (SSSS)")
+    p.add_argument("--bg-power", type=float, default=None, help="raise the background probability to this power")
+    p.add_argument("--flip", action="store_true", help="also average the flipped image")
+    p.add_argument("--min-confidence", type=float, default=None, help="drop classes below this classifier confidence")
+    p.add_argument("--gt-labels", action="store_true", help="keep only the ground-truth image labels")
+    p.add_argument("--crf", action="store_true", help="refine with the dense CRF")
+    p.add_argument("--max-images", type=int, default=None)
+
+def _add_eval(sub):
     e = sub.add_parser("eval", help="evaluate a run", description="Evaluate a run folder on a split.")
     _infer_args(e)
     e.set_defaults(func=cmd_eval)
+
+def _add_infer(sub):
     i = sub.add_parser("infer", help="predict a split and export palette PNGs",
                        description="Predict a split with a run and export palette PNGs (and probability maps).")
     _infer_args(i)
@@ -155,29 +155,44 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--force", action="store_true", help="write over a non-empty export folder (never into a dataset)")
     i.add_argument("--probs", action="store_true", help="also export probability maps (.npy, float16)")
     i.set_defaults(func=lambda a: cmd_eval(a, export=a.export))
+
+# %% ../nbs/80_cli.ipynb #d37e4b7f
+def _add_bench(sub):
     bn = sub.add_parser("bench", help="run a speed benchmark", description="Speed benchmarks (notebook 65_bench).")
     bn.add_argument("name", choices=["pamr", "fsl"], help="what to benchmark")
     bn.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
     bn.set_defaults(func=cmd_bench)
+
+# %% ../nbs/80_cli.ipynb #bd14e26f
+def _add_tables(sub):
     tb = sub.add_parser("tables", help="re-run the papers' tables on the benchmark (papermill)",
                         description="Run the missing grid points of the papers' tables with papermill and write "
                         "papers_tables/<id>.md, papers_tables/results/<id>.csv and papers_tables/README.md.")
     tb.add_argument("ids", nargs="*", metavar="TABLE_ID", help="tables to run (default: all; see --list)")
-    tb.add_argument(
-        "--profile", choices=["quick", "full"], default="quick", help="quick: 1 seed, small runs; full: 3 seeds"
-    )
+    tb.add_argument("--profile", choices=["quick", "full"], default="quick",
+                    help="quick: 1 seed, small runs; full: 3 seeds")
     tb.add_argument("--jobs", type=int, default=1, help="papermill processes at once")
     tb.add_argument("--runs", default="runs", help="where runs live (default: runs)")
     tb.add_argument("--out", default="papers_tables", help="where tables are written (default: papers_tables)")
     tb.add_argument("--data-root", default=None, help="benchmark folder (default: each config's data_root)")
     tb.add_argument("--list", action="store_true", help="list the tables and their grid sizes, run nothing")
     tb.set_defaults(func=cmd_tables)
-    l = sub.add_parser("lab", help="open JupyterLab on nbs/")
-    l.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to jupyter lab")
-    l.set_defaults(func=cmd_lab)
+
+# %% ../nbs/80_cli.ipynb #3a492b45
+def _add_lab(sub):
+    lab = sub.add_parser("lab", help="open JupyterLab on nbs/")
+    lab.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to jupyter lab")
+    lab.set_defaults(func=cmd_lab)
+
+# %% ../nbs/80_cli.ipynb #5666bed5
+def build_parser() -> argparse.ArgumentParser:
+    "The `wsss-nb` argument parser: one sub-command per `cmd_*` function."
+    p = _Parser(prog="wsss-nb", description="Weakly supervised semantic segmentation workbench.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_make_data, _add_train, _add_eval, _add_infer, _add_bench, _add_tables, _add_lab): add(sub)
     return p
 
-
+# %% ../nbs/80_cli.ipynb #8357ee47
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `wsss-nb`: returns the exit status (2 for bad arguments or data)."
     parser = build_parser()

@@ -37,6 +37,7 @@ class Row:
     @property
     def runnable(self) -> bool: return self.overrides is not None
 
+# %% ../nbs/70_tables.ipynb #a8dc5b19
 @dataclass
 class Claim:
     "A directional claim of the paper: row `better` scores higher than row `worse`."
@@ -44,6 +45,7 @@ class Claim:
     better: str
     worse: str
 
+# %% ../nbs/70_tables.ipynb #53d980c9
 @dataclass
 class TableSpec:
     "An ablation table of a paper: rows, the metric read from each point, the paper's claims."
@@ -147,12 +149,14 @@ def summarize(spec: TableSpec, points: list[dict]) -> tuple[pd.DataFrame, list[d
         claims.append(dict(text=c.text, better=c.better, worse=c.worse, ours_better=a, ours_worse=b, verdict=verdict))
     return df, claims
 
+# %% ../nbs/70_tables.ipynb #27816f74
 def md_table(header, rows) -> str:
     "A GitHub markdown table (`|` in cells escaped)."
     esc = lambda s: str(s).replace("|", "\\|")
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
     return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
 
+# %% ../nbs/70_tables.ipynb #a9c048e9
 def _paper_cell(v) -> str: return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 
 def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profile: str, points: list[dict]) -> str:
