@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 # The sections of the sidebar: a notebook's layer is the first digit of its number (nbs/README's table of layers).
-LAYERS = {"0": "Foundations", "1": "SSSS", "2": "Shape cues", "3": "HFPL", "4": "BANA", "5": "Run",
-          "6": "Explore", "7": "Tables", "8": "CLI", "9": "Benchmark"}
+LAYERS = {"0": "Foundations", "1": "SSSS", "2": "Shape cues", "3": "HFPL", "4": "BANA, the methods by name",
+          "5": "Run", "6": "Explore, benchmarks", "7": "Tables", "8": "CLI"}
 BUILDER = Path(__file__).resolve()
 MATHJAX = "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
 
