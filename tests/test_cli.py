@@ -1,5 +1,5 @@
 """The installed `wsss-nb` console script, run as a user would."""
-import shutil, subprocess, sys
+import json, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -89,6 +89,31 @@ def test_eval_from_another_directory_scores_the_same_data(trained, tmp_path):
 ])
 def test_eval_rejects_bad_inference_options(trained, extra, needle):
     one_line_error(run("eval", "--run", str(trained[1]), *extra), needle)
+
+
+def test_eval_and_infer_take_a_protocol_whose_fields_explicit_flags_override(trained, tmp_path):
+    """Issue 16: `--protocol NAME` starts from a paper's evaluation protocol; a flag given on the command line overrides
+    that field, a flag not given leaves the protocol's value."""
+    home, run_dir, miou = trained
+    plain = run("eval", "--run", str(run_dir))
+    shape = run("eval", "--run", str(run_dir), "--protocol", "shape")      # single scale, bIoU at 5 % of the diagonal
+    assert shape.returncode == 0, shape.stderr
+    assert shape.stdout.startswith(f"val: mIoU {miou}") and "protocol: shape" in shape.stdout
+    biou = lambda r: r.stdout.split("bIoU ")[1].split()[0]
+    assert biou(shape) != biou(plain), (shape.stdout, plain.stdout)
+    one_line_error(run("eval", "--run", str(run_dir), "--protocol", "ssss"), "FullySupervised has no classifier")
+    undone = run("eval", "--run", str(run_dir), "--protocol", "ssss", "--min-confidence", "none", "--no-flip",
+                 "--scales", "1", "--bg-power", "none")                    # every setting of the preset switched off
+    assert undone.returncode == 0, undone.stderr
+    assert undone.stdout.startswith(f"val: mIoU {miou}")
+    out = tmp_path / "pred"
+    r = run("infer", "--run", str(run_dir), "--protocol", "bana", "--crf-param", "iters=3", "--export", str(out))
+    assert r.returncode == 0, r.stderr
+    infer = json.loads((out / "metrics.json").read_text())["infer"]
+    assert (infer["scales"], infer["flip"], infer["average"]) == ([1.0, 0.5, 0.75, 1.5], True, "logits")
+    assert infer["crf"] and infer["crf_params"] == dict(iters=3, bi_compat=4, bi_sxy=121, bi_srgb=5, gauss_compat=3,
+                                                        gauss_sxy=3)
+    one_line_error(run("eval", "--run", str(run_dir), "--protocol", "voc"), "protocol='voc': expected one of")
 
 
 def test_infer_never_writes_into_a_dataset_or_over_a_folder(trained, tmp_path):

@@ -132,7 +132,9 @@ def test_build_method_from_a_bare_import():
     assert out.stdout.strip() == "SSSS"
 
 
-# the default method configs as they were before the nGWP base (issue 15): run configs and their hashes rest on them
+# the default method configs as they were before the nGWP base (issue 15): run configs and their hashes rest on them;
+# issue 16 changed one on purpose: PAMR/SPR refine on the stride-4 grid by default (`pamr_resolution="features"`, as
+# SSSS's `run_pamr`), a field ssss and shape now share (shape's `spr_resolution` was its name there)
 DEFAULT_METHOD_CONFIGS = {
     "bana_cls": {'grid_size': 4, 'pooling': 'bap', 'roi_samples': 1, 'min_background': 0.0, 'init_std': 0.01},
     "bana_seg": {'pseudo_dir': None, 'loss': 'nal', 'gamma': 7.0, 'lam': 0.1, 'tau': 20.0, 'classifier': 'cosine',
@@ -144,21 +146,23 @@ DEFAULT_METHOD_CONFIGS = {
               'decoder_dropout': (0.5, 0.1), 'scm': True, 'scm_channels': 64, 'scm_source': 'image', 'scm_radius': 7,
               'scm_samples': 9, 'scm_bandwidth': 1.0, 'scm_patch': 3, 'scm_tau': 0.5, 'scm_drop_rate': 1.5,
               'ngwp_eps': 1.0, 'focal_penalty': False, 'focal_p': 3.0, 'focal_lambda': 0.01, 'spr_alpha': 0.8,
-              'spr_iter': 10, 'spr_dilations': (1, 2, 4, 8, 12, 24), 'spr_scores': 'probs', 'spr_resolution': 'image',
+              'spr_iter': 10, 'spr_dilations': (1, 2, 4, 8, 12, 24), 'spr_scores': 'probs',
+              'pamr_resolution': 'features',
               'cutoff': 0.6, 'cutoff_low': 0.2, 'pixel_loss': True, 'region_loss': True, 'region_radius': 3,
               'region_margin': 3.0, 'region_ramp_epochs': 6, 'pretrain_epochs': 3},
     "ssss": {'aspp_channels': 128, 'decoder_channels': 128, 'skip_proj': 48, 'aspp_dropout': 0.5,
              'decoder_dropout': (0.5, 0.1), 'scores': 'ngwp', 'focal_penalty': True, 'focal_p': 3.0,
              'focal_lambda': 0.01, 'ngwp_eps': 1.0, 'pamr': True, 'pamr_iter': 10,
-             'pamr_dilations': (1, 2, 4, 8, 12, 24), 'pamr_resolution': 'image', 'sg': True, 'sg_psi': 0.3,
+             'pamr_dilations': (1, 2, 4, 8, 12, 24), 'pamr_resolution': 'features', 'sg': True, 'sg_psi': 0.3,
              'gci': True, 'deterministic_gate': False, 'cutoff_top': 0.6, 'cutoff_bg': 0.7, 'cutoff_low': 0.2,
              'seg_weight': 1.0, 'pretrain_epochs': 3},
 }
 
-# run keys of a few configs before issue 15 (a data_root without a generated benchmark: no data fingerprint)
+# run keys of a few configs before issue 15 (a data_root without a generated benchmark: no data fingerprint); ssss and
+# shape changed with issue 16's default (an ssss run at pamr_resolution="image" keeps its old key, 06101a3491)
 GOLDEN_ROOT = "/nonexistent/wsss-nb-golden"
-GOLDEN_KEYS = {"bana_cls": "1d39a40e07", "cam": "da622acb9b", "full": "4b7b212996", "shape": "749fc2aac8",
-               "ssss": "06101a3491"}
+GOLDEN_KEYS = {"bana_cls": "1d39a40e07", "cam": "da622acb9b", "full": "4b7b212996", "shape": "21bb2c62f3",
+               "ssss": "67853930db"}
 
 
 def test_method_configs_unchanged():
@@ -175,10 +179,12 @@ def test_run_keys_unchanged():
         assert run_config(method=m, data_root=GOLDEN_ROOT).key == key, m
     assert (
         run_config(method="ssss", data_root=GOLDEN_ROOT, **{"method_cfg.pamr_iter": 5, "method_cfg.sg": False}).key
-        == "574f0eae8a"
+        == "be7ad71d04"
     )
+    old = run_config(method="ssss", data_root=GOLDEN_ROOT, **{"method_cfg.pamr_resolution": "image"})
+    assert old.key == "06101a3491"
     assert run_config(method="shape", data_root=GOLDEN_ROOT,
-                      **{"method_cfg.spr_alpha": 1.0, "method_cfg.region_loss": False}).key == "6ce21f6e2d"
+                      **{"method_cfg.spr_alpha": 1.0, "method_cfg.region_loss": False}).key == "e7bb0b65fe"
     assert run_config(method="cam", data_root=GOLDEN_ROOT, **{"isl.lam": 0.5}).key == "d5c1658939"
     assert (
         run_config(method="bana_seg", data_root=GOLDEN_ROOT, **{"method_cfg.pseudo_dir": "/tmp/x"}).key == "d7e4bcb252"

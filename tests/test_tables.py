@@ -16,7 +16,7 @@ from wsss_nb.table_runs import run_point, run_table, write_index
 def test_tiny_table_through_papermill(tmp_path):
     bench = make_benchmark(tmp_path / "bench", n_train=8, n_val=4, size=48, seed=1, progress=False)
     spec = TableSpec(
-        id="tiny_test", paper="ssss", paper_table="Table 0", caption="smoke test",
+        id="tiny_test", paper="ssss", paper_table="Table 0", caption="smoke test", protocol="ssss",
         base=dict(method="cam", epochs=1, crop=32, batch_size=4, device="cpu", data_root=str(bench)),
         rows=[Row("ok", {}, paper=50.0), Row("broken", {"data_root": str(tmp_path / "missing")}, paper=40.0)],
         claims=[Claim("ok beats broken", "ok", "broken")])
@@ -32,10 +32,14 @@ def test_tiny_table_through_papermill(tmp_path):
     res = Path(ok["path"]) / "results.json"
     executed = Path(ok["path"]) / "train_eval.ipynb"
     assert res.is_file() and executed.is_file()                    # the executed notebook is kept with the run
+    got = json.loads(res.read_text())                              # final numbers: the table's protocol (issue 16)
+    assert got["protocol"] == "ssss" and got["val"]["mIoU"] == pytest.approx(ok["value"])
+    assert set(got["val_trainer"]) >= {"mIoU", "F"}                # the trainer's single-scale validation beside
     stamp = res.stat().st_mtime_ns
 
     md = (tmp_path / "tables" / "tiny_test.md").read_text()
     assert "| ok |" in md and "50.0" in md and "failed" in md
+    assert "Protocol: `ssss`: scales 1, 0.5, 1.5, 2 with flips" in md
     csv = (tmp_path / "tables" / "results" / "tiny_test.csv").read_text()
     assert "broken" in csv and "failed" in csv
 
@@ -54,7 +58,7 @@ def test_failed_rerun_keeps_the_written_table(tmp_path):
     """Issue 14.2: `wsss-nb tables T --data-root /nonexistent` once wrote 'failed' over T's good numbers."""
     bench = make_benchmark(tmp_path / "bench", n_train=16, n_val=8, size=64, progress=False)
     spec = TableSpec(
-        id="tiny_keep", paper="ssss", paper_table="Table 0", caption="kept on failure",
+        id="tiny_keep", paper="hfpl", paper_table="Table 0", caption="kept on failure", protocol="hfpl",
         base=dict(method="cam", epochs=1, max_train_images=16, max_val_images=8, batch_size=8, device="cpu"),
         rows=[Row("cam", {}, paper=50.0)])
     kw = dict(runs_root=tmp_path / "runs", out_dir=tmp_path / "tables", progress=False)
@@ -130,4 +134,12 @@ def test_paper_tables_points_unchanged():
            for prof in ("quick", "full") for p in table_points(s, prof, runs_root="/r", data_root="/d")]
     assert len(pts) == 449
     digest = hashlib.sha256(json.dumps(pts, sort_keys=True).encode()).hexdigest()
+    assert digest == "fdb85782481d60254e088e9e398590d28477147f25d9e20982151aba244e567a"
+    # issue 16 changed two things on purpose: every point's parameters name its table's evaluation protocol, and
+    # SSSS Table 9 reads an evaluation with ground-truth labels; without them the points are those of before
+    before = [[t, prof, r, seed, cfg, {k: v for k, v in par.items() if k != "protocol"}, m]
+              for t, prof, r, seed, cfg, par, m in pts]
+    for p in before:
+        if p[0] == "ssss_t9": p[5:] = [{}, "val.mIoU"]
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()
     assert digest == "88ce52aee3aa1f745f03964c82fb808431959545dc03352068a1caf23ebca047"

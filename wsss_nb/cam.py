@@ -21,6 +21,7 @@ class CAMBaseline(Method):
     CAM_c = ReLU(w_cᵀ f), scores s_c = (1/hw)·Σ_ij w_cᵀ f_ij, loss = multi-label soft margin of (s, y)."""
     name = "cam"
     image_labels = True
+    labels_mask = False                # `predict` turns the labels into CAM probabilities, not a mask of its output
     @dataclass
     class Config:
         bg_score: float = 0.2          # constant background score against max-normalised CAMs

@@ -44,14 +44,28 @@ def cmd_train(args) -> int:
     return 0
 
 # %% ../nbs/80_cli.ipynb #e71f6242
+_INFER_FLAGS = ("scales", "flip", "average", "min_confidence", "gt_labels", "bg_power", "crf", "boundary_ratio",
+                "contour_protocol")
+
+def _infer_config(args):
+    "The InferConfig of `--protocol` with the inference flags given on the command line over its fields; and those."
+    import dataclasses
+    from wsss_nb.infer import protocol
+    cfg = protocol(args.protocol)
+    given = {k: getattr(args, k) for k in _INFER_FLAGS if hasattr(args, k)}    # flags default to "not given"
+    if "scales" in given: given["scales"] = tuple(given["scales"])
+    if args.crf_param: given["crf_params"] = {**cfg.crf_params, **_key_values(args.crf_param, "--crf-param")}
+    return dataclasses.replace(cfg, **given), given
+
 def cmd_eval(args, export=None) -> int:
-    "Evaluate a run on a split with the chosen inference; print the metrics (and export when asked)."
-    from wsss_nb.infer import evaluate, InferConfig
-    icfg = InferConfig(tuple(args.scales), args.flip, args.min_confidence, args.gt_labels, args.crf, args.bg_power)
+    "Evaluate a run on a split with a protocol and the flags given; print the metrics (and export when asked)."
+    from wsss_nb.infer import evaluate
+    icfg, given = _infer_config(args)
     m = evaluate(args.run, args.split, icfg, export=export, export_probs=getattr(args, "probs", False),
                  max_images=args.max_images, overwrite=getattr(args, "force", False))
     print(f"{args.split}: mIoU {m['mIoU']:.4f}  bIoU {m['bIoU']:.4f}  F {m['F']:.4f}  J&F {m['J&F']:.4f}")
     print("per class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in m["IoU"].items()))
+    print(f"protocol: {args.protocol}" + (f", overridden: {given}" if given else ""))
     if export: print(f"exported to {export}")
     return 0
 
@@ -131,19 +145,37 @@ def _add_train(sub):
     t.set_defaults(func=cmd_train)
 
 # %% ../nbs/80_cli.ipynb #38645a6a
+def _float_or_none(s: str):
+    "A number, or None for 'none' (a preset's setting switched off)."
+    return None if s.strip().lower() == "none" else float(s)
+
 def _infer_args(p):
     p.add_argument("--run", required=True, help="a run folder (runs/<hash>)")
     p.add_argument("--split", default="val")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="e.g. 1 0.5 1.5 2 (SSSS)")
-    p.add_argument("--bg-power", type=float, default=None, help="raise the background probability to this power")
-    p.add_argument("--flip", action="store_true", help="also average the flipped image")
-    p.add_argument("--min-confidence", type=float, default=None, help="drop classes below this classifier confidence")
-    p.add_argument("--gt-labels", action="store_true", help="keep only the ground-truth image labels")
-    p.add_argument("--crf", action="store_true", help="refine with the dense CRF")
     p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--protocol", default="single", metavar="NAME",
+                   help="a paper's evaluation protocol: single (default), ssss, shape, hfpl or bana "
+                   "(wsss_nb.infer.PROTOCOLS); the flags below, when given, override its fields")
+    o = dict(default=argparse.SUPPRESS)       # not given: the protocol's value
+    p.add_argument("--scales", type=float, nargs="+", help="e.g. 1 0.5 1.5 2 (SSSS)", **o)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="also average the flipped image", **o)
+    p.add_argument("--average", choices=["probs", "logits"], help="merge probabilities or logits", **o)
+    p.add_argument("--min-confidence", type=_float_or_none, metavar="X|none",
+                   help="drop classes below this classifier confidence", **o)
+    p.add_argument("--gt-labels", action=argparse.BooleanOptionalAction,
+                   help="keep only the ground-truth image labels", **o)
+    p.add_argument("--bg-power", type=_float_or_none, metavar="X|none",
+                   help="raise the background probability to this power", **o)
+    p.add_argument("--crf", action=argparse.BooleanOptionalAction, help="refine with the dense CRF", **o)
+    p.add_argument("--crf-param", action="append", metavar="KEY=VALUE",
+                   help="a dense_crf argument over the protocol's (repeatable), e.g. bi_sxy=121")
+    p.add_argument("--boundary-ratio", type=_float_or_none, metavar="X|none",
+                   help="boundary IoU band, a fraction of the diagonal", **o)
+    p.add_argument("--contour-protocol", choices=["davis", "hfpl"], help="how contour F treats void", **o)
 
 def _add_eval(sub):
-    e = sub.add_parser("eval", help="evaluate a run", description="Evaluate a run folder on a split.")
+    e = sub.add_parser("eval", help="evaluate a run", description="Evaluate a run folder on a split with an "
+                       "evaluation protocol (--protocol); inference flags given explicitly override its fields.")
     _infer_args(e)
     e.set_defaults(func=cmd_eval)
 

@@ -14,7 +14,7 @@ from pydensecrf.utils import unary_from_softmax
 from .core import DataError, ConfigError, to_numpy, check_int
 
 # %% auto #0
-__all__ = ['UNARY_CLIP', 'dense_crf', 'crf_labels']
+__all__ = ['UNARY_CLIP', 'CRF_PARAMS', 'dense_crf', 'crf_labels', 'check_crf_params']
 
 # %% ../nbs/04_crf.ipynb #f32500fd
 UNARY_CLIP = 1e-5  # probabilities are clipped to [UNARY_CLIP, 1] before the log (as unary_from_softmax)
@@ -93,3 +93,16 @@ def crf_labels(image, probs, **kwargs):
     "Argmax of `dense_crf(image, probs, **kwargs)`: an H×W int64 label map (numpy, or torch on `probs`' device)."
     q = dense_crf(image, probs, **kwargs)
     return q.argmax(0) if isinstance(q, torch.Tensor) else q.argmax(0).astype(np.int64)
+
+# %% ../nbs/04_crf.ipynb #94bfd092
+CRF_PARAMS = ("iters", "gauss_sxy", "gauss_compat", "bi_sxy", "bi_srgb", "bi_compat")
+
+def check_crf_params(params, name: str = "crf_params") -> dict:
+    "`params` as a dict of `dense_crf` keyword arguments (names in `CRF_PARAMS`, values checked), else a ConfigError."
+    if not isinstance(params, dict): raise ConfigError(f"{name}={params!r}: expected a mapping of dense_crf arguments")
+    unknown = sorted(set(params) - set(CRF_PARAMS))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown dense_crf argument; expected one of {list(CRF_PARAMS)}")
+    try: _check_params(params.get("iters", 10), **{k: v for k, v in params.items() if k != "iters"})
+    except ConfigError as e: raise ConfigError(f"{name}.{e}") from None
+    return dict(params)

@@ -4,7 +4,8 @@
 
 # %% ../nbs/51_infer.ipynb #02871a33
 from __future__ import annotations
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,26 +13,32 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import (ConfigError, CheckpointError, DataError, get_device, atomic_open, atomic_write_json,
-                          check_int, check_num, resize)
+                          check_int, check_num, from_dict, resize)
 from .data import VOCDataset, save_mask
-from .metrics import SegEvaluator
-from .crf import dense_crf
+from .metrics import SegEvaluator, check_contour_protocol
+from .crf import dense_crf, check_crf_params
+from .methods import mask_absent
 from .zoo import build_method
 from .train import run_config, load_checkpoint, data_fingerprint
 
 # %% auto #0
-__all__ = ['InferConfig', 'predict_image', 'to_uint8', 'load_run', 'check_export', 'evaluate']
+__all__ = ['SSSS_CRF', 'HFPL_CRF', 'BANA_CRF', 'PROTOCOLS', 'InferConfig', 'predict_image', 'to_uint8', 'protocol',
+           'describe_protocol', 'load_run', 'check_export', 'evaluate']
 
 # %% ../nbs/51_infer.ipynb #322432c7
 @dataclass
 class InferConfig:
-    "How predictions are made at test time."
+    "How predictions are made and scored at test time; `protocol(name)` gives each paper's."
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
-    min_confidence: float | None = None   # drop classes whose classifier confidence is below (SSSS: 0.1)
+    min_confidence: float | None = None   # drop classes whose largest confidence over the inputs is below (SSSS: 0.1)
     gt_labels: bool = False               # keep only the ground-truth image labels (mask quality, SSSS Tab. 2/9)
     crf: bool = False
-    bg_power: float | None = None         # p_bg ← p_bg^α then renormalise (α < 1 favours background)
+    bg_power: float | None = None         # p_bg ← p_bg^α then renormalise (SSSS: α = 3, which favours the objects)
+    average: typing.Literal["probs", "logits"] = "probs"   # merge probabilities, or log-probabilities (≡ logits)
+    crf_params: dict = field(default_factory=dict)         # dense_crf keyword arguments ({}: its defaults, SSSS's)
+    boundary_ratio: float | None = 0.02   # boundary IoU band d = ratio · diagonal (shape cues: 0.05); None: off
+    contour_protocol: typing.Literal["davis", "hfpl"] = "davis"   # how contour F treats void (`metrics`)
 
     def __post_init__(self):
         self.scales = tuple(self.scales)
@@ -39,6 +46,11 @@ class InferConfig:
         for s in self.scales: check_num(s, "scales", 0, lo_open=True)
         if self.min_confidence is not None: check_num(self.min_confidence, "min_confidence", 0, 1)
         if self.bg_power is not None: check_num(self.bg_power, "bg_power", 0, lo_open=True)
+        if self.average not in ("probs", "logits"):
+            raise ConfigError(f"average={self.average!r}: expected one of ['probs', 'logits']")
+        self.crf_params = check_crf_params(self.crf_params)
+        if self.boundary_ratio is not None: check_num(self.boundary_ratio, "boundary_ratio", 0, lo_open=True)
+        check_contour_protocol(self.contour_protocol)
 
 # %% ../nbs/51_infer.ipynb #c098c3e3
 @torch.no_grad()
@@ -47,19 +59,24 @@ def predict_image(model, image: torch.Tensor, cfg: InferConfig = InferConfig(), 
     if image.ndim != 3 or image.shape[0] != 3: raise ConfigError(f"image: expected 3×H×W, got {tuple(image.shape)}")
     x = image[None]
     H, W = x.shape[-2:]
+    views = [(s, f) for s in cfg.scales for f in ((False, True) if cfg.flip else (False,))]
+    scaled = {s: x if s == 1 else resize(x, (max(8, round(H * s)), max(8, round(W * s)))) for s in cfg.scales}
+    inputs = [scaled[s].flip(-1) if f else scaled[s] for s, f in views]
+    probs = [None] * len(inputs)
     if labels is not None: labels = labels.reshape(1, -1).float()
-    elif cfg.min_confidence is not None:
-        conf = model.classify(x)
-        if conf is None:
+    elif cfg.min_confidence is not None:            # the largest confidence over all inputs (SSSS's infer_val.py)
+        both = [model.predict_and_classify(v) if model.labels_mask else (None, model.classify(v)) for v in inputs]
+        if both[0][1] is None:
             raise ConfigError(f"min_confidence: method {type(model).__name__} has no classifier (classify)")
-        labels = (conf >= cfg.min_confidence).float()
+        labels = (torch.stack([c for _, c in both]).amax(0) >= cfg.min_confidence).float()
+        if model.labels_mask: probs = [mask_absent(p, labels) for p, _ in both]     # = predict(v, labels), one pass
     total = 0.
-    for s in cfg.scales:
-        xs = x if s == 1 else resize(x, (max(8, round(H * s)), max(8, round(W * s))))
-        for flip in ((False, True) if cfg.flip else (False,)):
-            p = model.predict(xs.flip(-1) if flip else xs, labels)
-            total = total + resize(p.flip(-1) if flip else p, (H, W))
-    p = (total / (len(cfg.scales) * (2 if cfg.flip else 1)))[0]
+    for (s, f), v, p in zip(views, inputs, probs):
+        p = model.predict(v, labels) if p is None else p
+        if cfg.average == "logits": p = p.clamp_min(1e-12).log()      # the logits up to a per-pixel constant
+        total = total + resize(p.flip(-1) if f else p, (H, W))
+    p = (total / len(views))[0]
+    if cfg.average == "logits": p = mask_absent(p.softmax(0)[None], labels)[0]
     if cfg.bg_power is not None:
         p = torch.cat([p[:1].clamp_min(0) ** cfg.bg_power, p[1:]])
         p = p / p.sum(0, keepdim=True).clamp_min(1e-12)
@@ -69,6 +86,47 @@ def predict_image(model, image: torch.Tensor, cfg: InferConfig = InferConfig(), 
 def to_uint8(image_raw: torch.Tensor) -> np.ndarray:
     "A sample's `image_raw` (3×H×W in [0, 1]) as an H×W×3 uint8 array (what the CRF sees)."
     return np.ascontiguousarray((image_raw.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy())
+
+# %% ../nbs/51_infer.ipynb #c0ce9268
+SSSS_CRF = dict(iters=10, bi_compat=10.0, bi_sxy=80.0, bi_srgb=13.0, gauss_compat=3.0, gauss_sxy=3.0)
+HFPL_CRF = dict(iters=1, bi_compat=10.0, bi_sxy=32.0, bi_srgb=13.0, gauss_compat=3.0, gauss_sxy=3.0)
+BANA_CRF = dict(iters=10, bi_compat=4.0, bi_sxy=121.0, bi_srgb=5.0, gauss_compat=3.0, gauss_sxy=3.0)  # DeepLab-V1
+
+PROTOCOLS = {   # name → (where it comes from, the InferConfig fields it sets)
+    "single": ("the trainer's single-scale validation", dict(crf_params=SSSS_CRF)),
+    "ssss": ("1-stage-wseg infer_val.py, configs/voc_resnet38.yaml",
+             dict(scales=(1.0, 0.5, 1.5, 2.0), flip=True, min_confidence=0.1, bg_power=3.0, crf_params=SSSS_CRF)),
+    "shape": ("the shape-cues paper, Sec. 3.3 and 4.2.4", dict(boundary_ratio=0.05, crf_params=SSSS_CRF)),
+    "hfpl": ("arvijj/hfpl eval_final_voc.py and contour_fscore.py",
+             dict(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True, average="logits", crf=True,
+                  crf_params=HFPL_CRF, contour_protocol="hfpl")),
+    "bana": ("BANA test.py, configs/stage3_vgg.yml",
+             dict(scales=(1.0, 0.5, 0.75, 1.5), flip=True, average="logits", crf=True, crf_params=BANA_CRF)),
+}
+
+def _preset(name, overrides: dict) -> InferConfig:
+    if name not in PROTOCOLS: raise ConfigError(f"protocol={name!r}: expected one of {list(PROTOCOLS)}")
+    return from_dict(InferConfig, {**PROTOCOLS[name][1], **overrides})
+
+def protocol(name: str = "single", **overrides) -> InferConfig:
+    "The `InferConfig` of evaluation protocol `name` (a key of `PROTOCOLS`), with `overrides` of its fields."
+    return _preset(name, overrides)
+
+# %% ../nbs/51_infer.ipynb #fdf80966
+def describe_protocol(name: str) -> str:
+    "One line in words of evaluation protocol `name`: its inputs, merging, pruning, CRF, metrics and source."
+    c, src = protocol(name), PROTOCOLS[name][0]
+    out = [f"scale{'s' if len(c.scales) > 1 else ''} {', '.join(f'{s:g}' for s in c.scales)}"
+           + (" with flips" if c.flip else "") + (" (logits averaged)" if c.average == "logits" else "")]
+    if c.min_confidence is not None: out.append(f"classes below confidence {c.min_confidence:g} dropped")
+    if c.gt_labels: out.append("ground-truth image labels")
+    if c.bg_power is not None: out.append(f"background probability ^{c.bg_power:g}")
+    p = c.crf_params
+    crf = ", ".join(f"{k} {p[k]:g}" for k in ("bi_compat", "bi_sxy", "bi_srgb", "gauss_compat", "gauss_sxy", "iters"))
+    out.append(f"dense CRF ({crf})" if c.crf else "no CRF")
+    out.append(f"boundary IoU at {100 * c.boundary_ratio:g} % of the diagonal" if c.boundary_ratio else "no bIoU")
+    out.append(f"contour F as {c.contour_protocol}")
+    return f"`{name}`: " + "; ".join(out) + f" ({src})"
 
 # %% ../nbs/51_infer.ipynb #4d2f60f1
 def load_run(run_dir, device=None):
@@ -107,10 +165,13 @@ def check_export(export, data_root, overwrite: bool = False) -> Path:
     return out
 
 # %% ../nbs/51_infer.ipynb #f5c2da20
-def evaluate(run_or_model, split: str = "val", cfg: InferConfig = InferConfig(), data_root=None,
+def evaluate(run_or_model, split: str = "val", cfg: InferConfig | None = None, data_root=None,
              export=None, export_probs: bool = False, max_images: int | None = None, progress: bool = True,
-             boundary_ratio: float = 0.02, overwrite: bool = False) -> dict:
-    "Score a run folder or a model on `split` (SegEvaluator summary, bIoU at `boundary_ratio`), optionally exporting."
+             overwrite: bool = False, protocol: str | None = None) -> dict:
+    "Score a run folder or a model on `split` with `cfg` or the named `protocol` (SegEvaluator summary); export too."
+    if cfg is not None and protocol is not None:
+        raise ConfigError("cfg, protocol: give one (protocol(name, **fields) is a preset with fields changed)")
+    cfg = cfg if cfg is not None else _preset(protocol or "single", {})
     if max_images is not None: check_int(max_images, "max_images")
     if isinstance(run_or_model, (str, Path)):
         model, rc = load_run(run_or_model)
@@ -120,12 +181,17 @@ def evaluate(run_or_model, split: str = "val", cfg: InferConfig = InferConfig(),
     if export is not None: export = check_export(export, data_root, overwrite)
     ds = VOCDataset(data_root, split)
     device = next(model.parameters()).device
-    ev = SegEvaluator(ds.num_classes, class_names=("background", *ds.classes), boundary_ratio=boundary_ratio)
+    ev = SegEvaluator(ds.num_classes, class_names=("background", *ds.classes), boundary_ratio=cfg.boundary_ratio,
+                      contour_protocol=cfg.contour_protocol)
     n = len(ds) if max_images is None else min(max_images, len(ds))
+    if n and cfg.min_confidence is not None and not cfg.gt_labels:      # refused before any progress bar shows
+        with torch.no_grad(): classifier = model.classify(ds[0]["image"][None].to(device)) is not None
+        if not classifier:
+            raise ConfigError(f"min_confidence: method {type(model).__name__} has no classifier (classify)")
     for i in tqdm(range(n), desc=f"eval {split}", disable=not progress):
         s = ds[i]
         p = predict_image(model, s["image"].to(device), cfg, s["labels"].to(device) if cfg.gt_labels else None).cpu()
-        if cfg.crf: p = dense_crf(to_uint8(s["image_raw"]), p)
+        if cfg.crf: p = dense_crf(to_uint8(s["image_raw"]), p, **cfg.crf_params)
         pred = p.argmax(0)
         ev.update(pred, s["mask"])
         if export is not None:
@@ -134,5 +200,6 @@ def evaluate(run_or_model, split: str = "val", cfg: InferConfig = InferConfig(),
                 with atomic_open(Path(export)/"probs"/f"{s['name']}.npy") as f:
                     np.save(f, p.numpy().astype(np.float16))
     out = ev.summary()
-    if export is not None: atomic_write_json(Path(export)/"metrics.json", dict(split=split, infer=vars(cfg), **out))
+    if export is not None:
+        atomic_write_json(Path(export)/"metrics.json", dict(split=split, protocol=protocol, infer=vars(cfg), **out))
     return out

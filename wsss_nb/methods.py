@@ -54,6 +54,9 @@ class Method(nn.Module, abc.ABC):
     # their image-level logits as out["logits"] and their classification loss as terms["cls"]: the trainer can then
     # add HFPL's ISL/FSL to any of them, and `classify` is σ of the logits.
     image_labels: bool = False
+    # True when `predict(image, labels)` is `mask_absent(predict(image), labels)`: inference that prunes classes by the
+    # classifier's confidence can then take the probabilities and the confidences from one pass (`predict_and_classify`)
+    labels_mask: bool = True
 
     @dataclass
     class Config: pass
@@ -89,6 +92,10 @@ class Method(nn.Module, abc.ABC):
     def classify(self, image: torch.Tensor):
         "B×C class confidences σ(out['logits']) of an image-label method; None for the others (nothing to prune)."
         return self.forward(dict(image=image))["logits"].sigmoid() if self.image_labels else None
+
+    def predict_and_classify(self, image: torch.Tensor):
+        "`(predict(image), classify(image))`; a method that gets both from one forward pass overrides it."
+        return self.predict(image), self.classify(image)
 
     def pseudo_labels(self, batch: dict):
         "The B×H×W labels it trains on now (255: unlabelled); None when it trains on the masks."

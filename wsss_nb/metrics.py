@@ -15,9 +15,10 @@ from skimage.morphology import disk
 from .core import ConfigError, DataError, to_numpy, check_int, check_num
 
 # %% auto #0
-__all__ = ['label_array', 'confusion_matrix', 'iou_from_confusion', 'image_iou', 'erosion_iterations', 'boundary_region',
-           'seg2bmap', 'bound_radius', 'contour_matches', 'contour_prf', 'contour_f', 'SegEvaluator', 'CAMPrecision',
-           'filling_rate', 'PseudoLabelQuality', 'mean_std']
+__all__ = ['CONTOUR_PROTOCOLS', 'label_array', 'confusion_matrix', 'iou_from_confusion', 'image_iou', 'erosion_iterations',
+           'boundary_region', 'seg2bmap', 'bound_radius', 'contour_matches', 'contour_prf', 'contour_f',
+           'check_contour_protocol', 'SegEvaluator', 'contour_fscore', 'CAMPrecision', 'filling_rate',
+           'PseudoLabelQuality', 'mean_std']
 
 # %% ../nbs/03_metrics.ipynb #1636a0e3
 def _np(x, name: str) -> np.ndarray:
@@ -182,17 +183,28 @@ def contour_f(pred, gt, bound_th: float = 0.008, valid=None) -> float:
     "DAVIS contour F = 2PR / (P + R) of one binary prediction against one binary ground truth."
     return float(contour_prf(*contour_matches(pred, gt, bound_th, valid))[2])
 
+# %% ../nbs/03_metrics.ipynb #16eaa41d
+CONTOUR_PROTOCOLS = ("davis", "hfpl")
+
+def check_contour_protocol(protocol, name: str = "contour_protocol") -> str:
+    "`protocol` if it is one of `CONTOUR_PROTOCOLS` (how contour F treats void), else a `ConfigError` naming `name`."
+    if protocol not in CONTOUR_PROTOCOLS:
+        raise ConfigError(f"{name}={protocol!r}: expected one of {list(CONTOUR_PROTOCOLS)}")
+    return protocol
+
 # %% ../nbs/03_metrics.ipynb #768159db
 class SegEvaluator:
     """Accumulate mIoU, pixel accuracy, boundary IoU, contour F and J&F over a dataset (fractions in [0, 1]):
     bIoU_c = Σ|∂G ∩ ∂P| / Σ|∂G ∪ ∂P| over the images, F = mean_{c ≥ 1} 2P_cR_c / (P_c + R_c), J&F = (mIoU + F) / 2."""
     def __init__(self, num_classes: int, ignore_index: int = 255, class_names=None,
-                 boundary_ratio: float | None = 0.02, bound_th: float | None = 0.008):
+                 boundary_ratio: float | None = 0.02, bound_th: float | None = 0.008,
+                 contour_protocol: str = "davis"):
         self.class_names = _check_classes(num_classes, ignore_index, class_names)
         if boundary_ratio is not None: check_num(boundary_ratio, "boundary_ratio", 0, lo_open=True)
         if bound_th is not None: check_num(bound_th, "bound_th", 0, lo_open=True)
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
         self.boundary_ratio, self.bound_th = boundary_ratio, bound_th   # None switches that metric off
+        self.contour_protocol = check_contour_protocol(contour_protocol)
         self.reset()
 
     def reset(self):
@@ -216,8 +228,8 @@ class SegEvaluator:
         return self
 
     def _update_boundaries(self, p, g, valid):
-        K = self.num_classes
-        present = (np.bincount(p[valid], minlength=K) + np.bincount(g[valid], minlength=K)) > 0
+        K, hfpl = self.num_classes, self.contour_protocol == "hfpl"
+        present = (np.bincount(p.ravel() if hfpl else p[valid], minlength=K) + np.bincount(g[valid], minlength=K)) > 0
         d = erosion_iterations(g.shape, self.boundary_ratio) if self.boundary_ratio is not None else 0
         r = bound_radius(g.shape, self.bound_th) if self.bound_th is not None else 0
         for c in np.flatnonzero(present):       # classes absent from both maps add nothing
@@ -225,16 +237,18 @@ class SegEvaluator:
             if d:
                 gb, pb = _inner_boundary(gm, d), _inner_boundary(pm, d)
                 self.b_counts[:, c] += np.count_nonzero(gb & pb), np.count_nonzero(gb | pb)
-            if r and c > 0:
-                self.f_counts[:, c] += _contour_counts(seg2bmap(pm), seg2bmap(gm), r)
+            if r and c > 0:                     # HFPL: gt void is background, the prediction is taken as it is
+                self.f_counts[:, c] += _contour_counts(seg2bmap(p == c if hfpl else pm), seg2bmap(gm), r)
 
     def summary(self) -> dict:
         "Metrics so far: scalars (mIoU, pixel_acc, bIoU, F, J&F, n_images) and per-class dicts; NaN = not measurable."
         names, cm = self.class_names, self.cm
         iou = iou_from_confusion(cm)
         biou = _ratio(*self.b_counts) if self.boundary_ratio is not None else np.full(self.num_classes, np.nan)
-        P, R, F = contour_prf(*self.f_counts)
-        F = np.where(self.f_counts[2:].sum(0) > 0, F, np.nan) if self.bound_th is not None else np.full_like(F, np.nan)
+        P, R, F = contour_prf(*self.f_counts)        # HFPL keeps F = 1 (P = R = 1) for a class absent from both
+        seen = self.f_counts[2:].sum(0) > 0
+        if self.bound_th is None: F = np.full_like(F, np.nan)
+        elif self.contour_protocol == "davis": F = np.where(seen, F, np.nan)
         miou, f_mean = _nanmean(iou), _nanmean(F[1:])
         return {"mIoU": miou, "pixel_acc": float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan"),
                 "bIoU": _nanmean(biou), "F": f_mean, "J&F": (miou + f_mean) / 2, "n_images": self.n_images,
@@ -245,6 +259,19 @@ class SegEvaluator:
         "Per-class IoU, boundary IoU and contour F as a DataFrame indexed by class name."
         s = self.summary()
         return pd.DataFrame({"IoU": s["IoU"], "bIoU": s["bIoU_per_class"], "F": s["F_per_class"]})
+
+# %% ../nbs/03_metrics.ipynb #ddfcb3ab
+def contour_fscore(preds, gts, num_classes: int, bound_th: float = 0.008, protocol: str = "hfpl",
+                   ignore_index: int = 255) -> float:
+    """Dataset contour F in [0, 1] of label maps `preds` against `gts` (sequences of H×W maps, or B×H×W arrays).
+    F = mean_{c ≥ 1} 2P_cR_c / (P_c + R_c), the counts summed per class over the dataset (davis: NaN if no contour)."""
+    check_contour_protocol(protocol, "protocol")
+    ev = SegEvaluator(num_classes, ignore_index, boundary_ratio=None, bound_th=bound_th, contour_protocol=protocol)
+    if getattr(preds, "ndim", None) in (2, 3): preds, gts = [preds], [gts]       # one map or one B×H×W batch
+    preds, gts = list(preds), list(gts)
+    if len(preds) != len(gts): raise DataError(f"preds, gts: {len(preds)} predictions for {len(gts)} ground truths")
+    for p, g in zip(preds, gts): ev.update(p, g)
+    return ev.summary()["F"]
 
 # %% ../nbs/03_metrics.ipynb #dddc371d
 class CAMPrecision:

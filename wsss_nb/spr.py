@@ -191,7 +191,6 @@ class ShapeCues(NGWPSegmenter):
         spr_iter: int = 10                # T (0: no refinement)
         spr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)   # R2
         spr_scores: typing.Literal["probs", "logits"] = "probs"   # s of Eq. 5: masks M, or score maps (background ≡ 1)
-        spr_resolution: typing.Literal["image", "features"] = "image"
         cutoff: float = 0.6               # θ = cutoff × max score (lower bound: cutoff_low)
         pixel_loss: bool = True           # Table 8: pixel-wise loss (Eq. 7)
         region_loss: bool = True          # Table 8: region-wise loss (Eq. 8)
@@ -253,7 +252,7 @@ class ShapeCues(NGWPSegmenter):
         "SPR (PAMR at α = 1) of the cleaned masks, with the masks or the score maps as its class scores."
         c = self.cfg
         scores = with_background(out["cams"]).detach() if c.spr_scores == "logits" else masks
-        img = image_raw if c.spr_resolution == "image" else resize(image_raw, masks.shape[-2:], align_corners=True)
+        img = image_raw if c.pamr_resolution == "image" else resize(image_raw, masks.shape[-2:], align_corners=True)
         if c.spr_iter == 0: refined = resize(masks, img.shape[-2:], align_corners=True)
         elif c.spr_alpha == 1: refined = pamr(img, masks, c.spr_iter, tuple(c.spr_dilations), labels)
         else: refined = spr(img, masks, scores, c.spr_alpha, c.spr_iter, tuple(c.spr_dilations), labels)

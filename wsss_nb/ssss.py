@@ -185,6 +185,7 @@ class NGWPSegmenter(Method):
         ngwp_eps: float = 1.0           # ε of nGWP (SSSS Eq. 3, shape cues Eq. 1)
         cutoff_low: float = 0.2         # floor of the pseudo-GT thresholds
         pretrain_epochs: int = 3        # classification only for these epochs (paper 5 of 20; benchmark runs ~10)
+        pamr_resolution: typing.Literal["image", "features"] = "features"   # refine on the stride-4 masks (the code)
 
         def __post_init__(self):
             for k in ("aspp_channels", "decoder_channels", "skip_proj"): check_int(getattr(self, k), k)
@@ -251,6 +252,11 @@ class NGWPSegmenter(Method):
         masks = self.forward(dict(image=image))["masks"]
         return mask_absent(resize(masks, image.shape[-2:], align_corners=True), labels)
 
+    def predict_and_classify(self, image: torch.Tensor):
+        "`predict(image)` and `classify(image)` from one forward pass."
+        out = self.forward(dict(image=image))
+        return resize(out["masks"], image.shape[-2:], align_corners=True), out["logits"].sigmoid()
+
     @torch.no_grad()
     def pseudo_labels(self, batch: dict) -> torch.Tensor:
         "The pseudo GT the mask loss would use now, as B×H×W class indices (255 ignored)."
@@ -268,7 +274,6 @@ class SSSS(NGWPSegmenter):
         pamr: bool = True               # False: Table 1b "no refinement"
         pamr_iter: int = 10             # supplement Table 7: 5, 10, 15
         pamr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)   # Table 1b
-        pamr_resolution: typing.Literal["image", "features"] = "image"   # "features": as the official code
         sg: bool = True                 # False: Table 1c "w/o SG"
         sg_psi: float = 0.3             # Table 1c: 0.5, 0.3
         gci: bool = True                # False: Table 1c "w/o GCI"
@@ -315,7 +320,7 @@ class SSSS(NGWPSegmenter):
                             penalty=c.focal_penalty if c.scores == "ngwp" else False)
 
     def refine(self, image_raw, masks, out, labels):
-        "PAMR at the image's resolution, or on the masks' grid with the image downsampled (`pamr_resolution`)."
+        "PAMR on the masks' grid with the image downsampled (the code's `run_pamr`), or at the image's resolution."
         size = image_raw.shape[-2:]
         if self.pamr is None: return resize(masks, size, align_corners=True)
         if self.cfg.pamr_resolution == "image":

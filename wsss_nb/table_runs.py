@@ -159,7 +159,8 @@ def run_table(spec: TableSpec, profile: str = "quick", jobs: int = 1, runs_root=
     csv = pd.DataFrame([dict(table=tid, profile=profile, **{c: p[c] for c in cols}) for p in pts])
     atomic_write_text(out/"results"/f"{tid}.csv", csv.to_csv(index=False))
     atomic_write_json(out/"results"/f"{tid}.json", dict(id=tid, paper=spec.paper, paper_table=spec.paper_table,
-                      caption=spec.caption, profile=profile, rows=df.to_dict("records"), claims=claims))
+                      caption=spec.caption, profile=profile, protocol=spec.protocol, rows=df.to_dict("records"),
+                      claims=claims))
     atomic_write_text(out/f"{tid}.md", table_markdown(spec, df, claims, profile, pts))
     return result
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .core import ConfigError
 from .metrics import mean_std
+from .infer import PROTOCOLS, describe_protocol
 
 # %% auto #0
 __all__ = ['PAPERS', 'PROFILES', 'Row', 'Claim', 'TableSpec', 'mc', 'grid', 'table_points', 'as_percent', 'summarize', 'md_table',
@@ -54,6 +55,7 @@ class TableSpec:
     paper_table: str
     caption: str
     rows: list
+    protocol: str | None               # how its numbers are measured (wsss_nb.infer.PROTOCOLS); None: pseudo labels
     metric: str = "val.mIoU"
     experiment: str = "train_eval"     # notebook in wsss_nb/experiments/
     kind: str = "run"                  # what `config` is: "run" (a RunConfig) or "bana" (a BanaConfig, three stages)
@@ -67,6 +69,8 @@ class TableSpec:
         bad = lambda msg: ConfigError(f"table {self.id!r}: {msg}")
         if self.kind not in ("run", "bana"): raise bad(f"kind={self.kind!r}, expected 'run' or 'bana'")
         if self.paper not in PAPERS: raise bad(f"paper={self.paper!r}, expected one of {list(PAPERS)}")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise bad(f"protocol={self.protocol!r}, expected one of {list(PROTOCOLS)} (or None: pseudo labels)")
         labels = [r.label for r in self.rows]
         if not labels: raise bad("no rows")
         if len(set(labels)) != len(labels): raise bad(f"duplicate row labels {labels}")
@@ -116,8 +120,8 @@ def table_points(spec: TableSpec, profile: str = "quick", runs_root="runs", data
                    "seed": seed, "out_dir": str(out_dir)}
             if data_root is not None: cfg["data_root"] = str(data_root)
             cfg["data_root"] = str(Path(cfg.get("data_root", "data/synthetic")).absolute())
-            pts.append(dict(row=row.label, seed=seed, config=cfg, params={**spec.params, **row.params},
-                            metric=row.metric or spec.metric))
+            params = {**({"protocol": spec.protocol} if spec.protocol else {}), **spec.params, **row.params}
+            pts.append(dict(row=row.label, seed=seed, config=cfg, params=params, metric=row.metric or spec.metric))
     return pts
 
 # %% ../nbs/70_tables.ipynb #ad316a23
@@ -165,6 +169,8 @@ def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profil
     out = [f"# {spec.paper_table} ({spec.paper}): {spec.caption}", "",
            f"Metric: {metric} in % (ours: built-in benchmark, `{profile}` profile, mean ± std over seeds; "
            f"paper: PASCAL VOC 2012 as printed).", "",
+           "Protocol: " + (describe_protocol(spec.protocol) if spec.protocol else
+                           "none: the numbers score pseudo labels, not test-time predictions") + ".", "",
            md_table(["Setting", "Ours (benchmark)", "Paper (VOC)"],
                      [[r.row, r.ours, _paper_cell(r.paper)] for r in df.itertuples()])]
     if claims:

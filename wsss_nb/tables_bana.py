@@ -11,6 +11,7 @@ from .tables import Claim, Row, TableSpec, grid
 # %% ../nbs/74_tables_bana.ipynb #2050a0d4
 bana_t1 = TableSpec(
     id="bana_t1", paper="bana", paper_table="Table 1",
+    protocol=None,                     # pseudo-label quality: no test-time inference
     caption="Pseudo-label quality from boxes: box baseline, GAP vs BAP classifier, Ycrf with/without u0, Yret, "
             "and their agreement",
     metric="Ycrf.mIoU", experiment="pseudo_labels", kind="bana",
@@ -48,6 +49,7 @@ bana_t1 = TableSpec(
 # %% ../nbs/74_tables_bana.ipynb #485415b7
 bana_t3 = TableSpec(
     id="bana_t3", paper="bana", paper_table="Table 3",
+    protocol="bana",
     caption="Losses on the unreliable region ∼S where Ycrf and Yret disagree",
     experiment="bana", kind="bana",
     base={"gamma": 7.0, "lam": 0.1},
@@ -78,6 +80,7 @@ def grid_sizes(paper, quick) -> list[Row]:
 # %% ../nbs/74_tables_bana.ipynb #039c3d38
 bana_s1a = TableSpec(
     id="bana_s1a", paper="bana", paper_table="Supplement Table 1(a)",
+    protocol=None,                     # pseudo-label quality: no test-time inference
     caption="Grid size N for training the classifier × for generating u0: Ycrf pseudo-label quality",
     metric="Ycrf.mIoU", experiment="pseudo_labels", kind="bana",
     rows=grid_sizes(paper=(75.26, 75.28, 75.24,      # train N=1; generate N=1, 2, 3
@@ -98,6 +101,7 @@ bana_s1a = TableSpec(
 # %% ../nbs/74_tables_bana.ipynb #bbb712d5
 bana_s1b = TableSpec(
     id="bana_s1b", paper="bana", paper_table="Supplement Table 1(b)",
+    protocol="bana",
     caption="Grid sizes (train × generate): DeepLab-V1 trained on the corresponding Ycrf with plain cross-entropy",
     experiment="bana", kind="bana",
     base={"loss": "ycrf"},
@@ -118,6 +122,7 @@ bana_s1b = TableSpec(
 # %% ../nbs/74_tables_bana.ipynb #edf45e4c
 bana_s2 = TableSpec(
     id="bana_s2", paper="bana", paper_table="Supplement Table 2",
+    protocol=None,                     # pseudo-label quality: no test-time inference
     caption="Precision of the box-normalised CAMs u_c: GAP vs BAP classifier",
     metric="cam_precision.mPrecision", experiment="pseudo_labels", kind="bana",
     rows=[

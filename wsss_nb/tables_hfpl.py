@@ -22,6 +22,7 @@ def fsl(gating: str = "r") -> dict:
 # %% ../nbs/73_tables_hfpl.ipynb #569a7cb0
 hfpl_t4 = TableSpec(
     id="hfpl_t4", paper="hfpl", paper_table="Table 4",
+    protocol="hfpl",
     caption="Multinomial (softmax) vs binomial (sigmoid) posterior for ISL and for FSL, each applied alone",
     metric="val.J&F",
     base={"method": "cam"},
@@ -50,6 +51,7 @@ hfpl_t4 = TableSpec(
 # %% ../nbs/73_tables_hfpl.ipynb #2de8a8c7
 hfpl_t5 = TableSpec(
     id="hfpl_t5", paper="hfpl", paper_table="Table 5",
+    protocol="hfpl",
     caption="Number of pixels N sampled per class for ISL (λ=1, no FSL)",
     metric="train_gt.J&F",
     base={"method": "cam", "isl.lam": 1.0, "isl.posterior": "binomial", "fsl.weight": 0.0},
@@ -69,6 +71,7 @@ hfpl_t5 = TableSpec(
 # %% ../nbs/73_tables_hfpl.ipynb #4ec1da4b
 hfpl_fig6 = TableSpec(
     id="hfpl_fig6", paper="hfpl", paper_table="Figure 6",
+    protocol="hfpl",
     caption="ISL loss weight λ (0 = plain GAP loss, 1 = pure ISL), with and without FSL",
     metric="train_gt.J&F",
     base={"method": "cam"},
@@ -94,6 +97,7 @@ hfpl_fig6 = TableSpec(
 # %% ../nbs/73_tables_hfpl.ipynb #2d6dbd61
 hfpl_t6 = TableSpec(
     id="hfpl_t6", paper="hfpl", paper_table="Supplement Table 6 (+ main Table 2 for ISL+FSL)",
+    protocol="hfpl",
     caption="ISL and FSL applied separately (and together) to several baselines",
     metric="val.J&F",
     base={"method": "cam"},

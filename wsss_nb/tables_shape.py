@@ -11,6 +11,7 @@ from .tables import Claim, Row, TableSpec, grid, mc
 # %% ../nbs/72_tables_shape.ipynb #9f64dee1
 shape_t2 = TableSpec(
     id="shape_t2", paper="shape", paper_table="Table 2",
+    protocol="shape",
     caption="Boundary IoU against other single-stage methods and a fully supervised model",
     metric="val_d5.bIoU",
     params={"evals": {"val_d5": {"split": "val", "boundary_ratio": 0.05}}},
@@ -34,6 +35,7 @@ shape_t2 = TableSpec(
 # %% ../nbs/72_tables_shape.ipynb #625545cb
 shape_t5 = TableSpec(
     id="shape_t5", paper="shape", paper_table="Table 5",
+    protocol="shape",
     caption="Components: shape cue module (SCM) and semantics-augmented refinement (SPR) on a PAMR baseline",
     base={"method": "shape"},
     quick=mc(pretrain_epochs=1),
@@ -58,6 +60,7 @@ shape_t5 = TableSpec(
 # %% ../nbs/72_tables_shape.ipynb #39f021c1
 shape_t6 = TableSpec(
     id="shape_t6", paper="shape", paper_table="Table 6",
+    protocol="shape",
     caption="SPR balance α between colour affinity (α=1, PAMR) and class-score affinity (α=0)",
     base={"method": "shape", **mc(scm=True)},
     quick=mc(pretrain_epochs=1),
@@ -80,6 +83,7 @@ shape_t6 = TableSpec(
 # %% ../nbs/72_tables_shape.ipynb #1976f9f2
 shape_t8 = TableSpec(
     id="shape_t8", paper="shape", paper_table="Table 8",
+    protocol="shape",
     caption="Losses from the pseudo masks: pixel-wise and region-wise terms",
     base={"method": "shape"},
     quick=mc(pretrain_epochs=1),
