@@ -335,15 +335,11 @@ def split_names(split: str, n: int) -> list[str]:
 
 # %% ../nbs/02_synthetic.ipynb #1c8caf8a
 def _complete(root: Path, params: dict) -> bool:
-    "Every split file lists the expected names and every listed file exists."
+    "Every split file lists the expected names and every file the generator writes (`_written`) exists."
     for split in SPLITS:
-        names = split_names(split, params[f"n_{split}"])
         p = root/"ImageSets/Segmentation"/f"{split}.txt"
-        if not p.is_file() or p.read_text().split() != names: return False
-        have = {d: {f.name for f in (root/d).iterdir()} if (root/d).is_dir() else set() for d in _DIRS[:3]}
-        if any(f"{n}{ext}" not in have[d] for n in names for d, ext in zip(_DIRS[:3], (".jpg", ".png", ".xml"))):
-            return False
-    return (root/"classes.txt").is_file()
+        if not p.is_file() or p.read_text().split() != split_names(split, params[f"n_{split}"]): return False
+    return all((root/f).is_file() for f in _written(params))
 
 def _written(meta: dict) -> set[str] | None:
     "Relative paths of every file the generator writes for the split sizes in `meta` (None when it has none)."
@@ -356,7 +352,8 @@ def _written(meta: dict) -> set[str] | None:
 def _check_replaceable(root: Path, old, params: dict):
     "Without `overwrite`: a `ConfigError` unless the benchmark at `root` (benchmark.json read as `old`) may be rebuilt."
     again = "pass overwrite=True (--overwrite) to rebuild it, or choose another root"
-    if not isinstance(old, dict) or _written(old) is None:
+    written = _written(old) if isinstance(old, dict) else None
+    if written is None:
         raise ConfigError(f"{root / 'benchmark.json'}: unreadable or not written by make_benchmark; "
                           f"refusing to replace {root} — {again}")
     if old.get("format_version") == FORMAT_VERSION and old != params:
@@ -366,7 +363,7 @@ def _check_replaceable(root: Path, old, params: dict):
         raise ConfigError(f"{root}: holds a benchmark built with different parameters ({', '.join(diff)}); {again}")
     # an older generator's build, or an incomplete one: rebuilt only when every file in it is one the generator wrote
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink() or not p.is_dir()}
-    extra = files - _written(old)
+    extra = files - written
     if extra:
         older = old.get("format_version") != FORMAT_VERSION
         what = "an older generator's benchmark" if older else "an incomplete benchmark"

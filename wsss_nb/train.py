@@ -282,25 +282,15 @@ def _train(cfg: RunConfig, rd: Path) -> dict:
     if start >= cfg.epochs and final is not None:
         return dict(config=cfg_d, run_dir=str(rd), history=history, final=final)
     steps = max(1, len(train_ds) // cfg.batch_size)
-    total = steps * cfg.epochs
+    total, data = steps * cfg.epochs, data_fingerprint(cfg.data_root)
     with open(rd/"log.txt", "a") as log:
         for epoch in range(start, cfg.epochs):
             final = _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device)
             rec = dict(epoch=epoch + 1, **{k: final[k] for k in ("seconds", "mIoU", "bIoU", "F", "J&F", "pixel_acc")},
                        **{k: v for k, v in final.items() if k.startswith("loss_")})
             history.append(rec)
-            atomic_torch_save(
-                dict(
-                    model=model.state_dict(),
-                    optimizer=opt.state_dict(),
-                    epoch=epoch + 1,
-                    history=history,
-                    final=final,
-                    config=cfg_d,
-                    data=data_fingerprint(cfg.data_root),
-                ),
-                rd / "checkpoint.pt",
-            )
+            atomic_torch_save(dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1,
+                                   history=history, final=final, config=cfg_d, data=data), rd/"checkpoint.pt")
             atomic_write_json(rd/"metrics.json", dict(config=cfg_d, run_dir=str(rd), history=history, final=final))
             print(json.dumps(rec), file=log, flush=True)    # logged once the epoch is saved: never repeated
     return dict(config=cfg_d, run_dir=str(rd), history=history, final=final)
