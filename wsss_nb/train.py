@@ -21,7 +21,7 @@ from .hfpl import ISLConfig, FSLConfig, with_hfpl
 
 # %% auto #0
 __all__ = ['RunConfig', 'data_fingerprint', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'setup_training',
-           'to_device', 'validate', 'TrainingError', 'run_dir', 'load_checkpoint', 'train']
+           'to_device', 'validate', 'TrainingError', 'run_dir', 'load_checkpoint', 'train', 'train_step']
 
 # %% ../nbs/50_train.ipynb #29da1bfa
 _UNHASHED = ("out_dir", "device", "log_interval", "num_workers", "progress")   # left out of the hash
@@ -295,6 +295,27 @@ def _train(cfg: RunConfig, rd: Path) -> dict:
             print(json.dumps(rec), file=log, flush=True)    # logged once the epoch is saved: never repeated
     return dict(config=cfg_d, run_dir=str(rd), history=history, final=final)
 
+# %% ../nbs/50_train.ipynb #50e9583a
+def train_step(model, opt, batch: dict, cfg: RunConfig, epoch: int = 0, it: int = 0) -> dict:
+    "One optimisation step on a batch already on the model's device; returns the detached loss terms."
+    device = next(model.parameters()).device
+    with torch.autocast(
+        device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=cfg.amp
+    ):
+        try:
+            out = model(batch)
+            terms = model.losses(batch, out, epoch)
+            if cfg.hfpl: terms = with_hfpl(terms, batch, out["cams"], batch["labels"], cfg.isl, cfg.fsl)
+        except DataError as e:         # a component refused the model's own outputs (PAMR: non-finite masks)
+            raise TrainingError(f"step {it} (epoch {epoch + 1}): {e} — the model diverged (lr too large?); "
+                                f"the last good checkpoint is kept") from None
+    _check_finite(terms, it, epoch)
+    opt.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return {k: v.detach() for k, v in terms.items()}
+
 # %% ../nbs/50_train.ipynb #7810abd9
 def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device) -> dict:
     "One epoch from a fixed seed, then validation: the val summary plus mean loss terms and seconds."
@@ -307,23 +328,8 @@ def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device)
     for i, batch in enumerate(bar):
         it = epoch * steps + i
         set_lr(opt, cfg, it, total)
-        batch = to_device(batch, device)
-        with torch.autocast(
-            device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=cfg.amp
-        ):
-            try:
-                out = model(batch)
-                terms = model.losses(batch, out, epoch)
-                if cfg.hfpl: terms = with_hfpl(terms, batch, out["cams"], batch["labels"], cfg.isl, cfg.fsl)
-            except DataError as e:         # a component refused the model's own outputs (PAMR: non-finite masks)
-                raise TrainingError(f"step {it} (epoch {epoch + 1}): {e} — the model diverged (lr too large?); "
-                                    f"the last good checkpoint is kept") from None
-        _check_finite(terms, it, epoch)
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        if cfg.grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        for k, v in terms.items(): sums[k] = sums.get(k, 0.) + float(v.detach())
+        terms = train_step(model, opt, to_device(batch, device), cfg, epoch, it)
+        for k, v in terms.items(): sums[k] = sums.get(k, 0.) + float(v)
         n += 1
         if i % cfg.log_interval == 0: bar.set_postfix({k: f"{v / n:.3f}" for k, v in sums.items()})
     seconds = round(time.time() - t0, 2)
