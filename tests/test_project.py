@@ -163,6 +163,8 @@ DEFAULT_METHOD_CONFIGS = {
 GOLDEN_ROOT = "/nonexistent/wsss-nb-golden"
 GOLDEN_KEYS = {"bana_cls": "1d39a40e07", "cam": "da622acb9b", "full": "4b7b212996", "shape": "21bb2c62f3",
                "ssss": "67853930db"}
+# the run config's optimisation defaults before `recipe` (issue 16): since then a run left at None takes the recipe's
+OLD = dict(optimizer="sgd", lr=0.01, lr_backbone=0.01, data_root=GOLDEN_ROOT)
 
 
 def test_method_configs_unchanged():
@@ -176,18 +178,21 @@ def test_run_keys_unchanged():
     from wsss_nb.train import run_config
     from wsss_nb.bana import bana_config, pseudo_dir, stage1_config, stage3_config
     for m, key in GOLDEN_KEYS.items():
-        assert run_config(method=m, data_root=GOLDEN_ROOT).key == key, m
+        assert run_config(method=m, **OLD).key == key, m
+        # the default recipe is the tables' calibrated AdamW setting, which they used to spell out: same folders
+        explicit = dict(optimizer="adamw", lr=3e-3, lr_backbone=3e-3)
+        assert run_config(method=m, data_root=GOLDEN_ROOT).key == run_config(method=m, **{**OLD, **explicit}).key, m
     assert (
-        run_config(method="ssss", data_root=GOLDEN_ROOT, **{"method_cfg.pamr_iter": 5, "method_cfg.sg": False}).key
+        run_config(method="ssss", **OLD, **{"method_cfg.pamr_iter": 5, "method_cfg.sg": False}).key
         == "be7ad71d04"
     )
-    old = run_config(method="ssss", data_root=GOLDEN_ROOT, **{"method_cfg.pamr_resolution": "image"})
+    old = run_config(method="ssss", **OLD, **{"method_cfg.pamr_resolution": "image"})
     assert old.key == "06101a3491"
-    assert run_config(method="shape", data_root=GOLDEN_ROOT,
+    assert run_config(method="shape", **OLD,
                       **{"method_cfg.spr_alpha": 1.0, "method_cfg.region_loss": False}).key == "e7bb0b65fe"
-    assert run_config(method="cam", data_root=GOLDEN_ROOT, **{"isl.lam": 0.5}).key == "d5c1658939"
+    assert run_config(method="cam", **OLD, **{"isl.lam": 0.5}).key == "d5c1658939"
     assert (
-        run_config(method="bana_seg", data_root=GOLDEN_ROOT, **{"method_cfg.pseudo_dir": "/tmp/x"}).key == "d7e4bcb252"
+        run_config(method="bana_seg", **OLD, **{"method_cfg.pseudo_dir": "/tmp/x"}).key == "d7e4bcb252"
     )
     b = bana_config(data_root=GOLDEN_ROOT, out_dir="/nonexistent/wsss-nb-golden-runs")
     assert (stage1_config(b).key, stage3_config(b).key) == ("d1a716ca8f", "6b88597341")

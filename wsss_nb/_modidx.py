@@ -653,4 +653,5 @@ d = { 'settings': { 'branch': 'main',
                                'wsss_nb.train.validate': ('train.html#validate', 'wsss_nb/train.py')},
             'wsss_nb.zoo': { 'wsss_nb.zoo.build_method': ('zoo.html#build_method', 'wsss_nb/zoo.py'),
                              'wsss_nb.zoo.method_config': ('zoo.html#method_config', 'wsss_nb/zoo.py'),
+                             'wsss_nb.zoo.method_recipe': ('zoo.html#method_recipe', 'wsss_nb/zoo.py'),
                              'wsss_nb.zoo.register_method': ('zoo.html#register_method', 'wsss_nb/zoo.py')}}}

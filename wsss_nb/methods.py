@@ -57,6 +57,9 @@ class Method(nn.Module, abc.ABC):
     # True when `predict(image, labels)` is `mask_absent(predict(image), labels)`: inference that prunes classes by the
     # classifier's confidence can then take the probabilities and the confidences from one pass (`predict_and_classify`)
     labels_mask: bool = True
+    # The release's training recipe (`recipe="official"` of the run config): run-config values, with the method's own
+    # options under "method_cfg". Empty when the paper published none (`recipe="official"` is then an error).
+    official: typing.ClassVar[dict] = {}
 
     @dataclass
     class Config: pass
@@ -106,15 +109,26 @@ class Method(nn.Module, abc.ABC):
         return {}
 
     def param_groups(self, cfg) -> list[dict]:
-        "Backbone parameters at `cfg.lr_backbone`, every other (new) parameter at `cfg.lr`."
+        """Backbone parameters at `cfg.lr_backbone`, every other (new) parameter at `cfg.lr`. With
+        `cfg.bias_lr_mult != 1` or `cfg.bias_decay=False` biases get groups of their own ("backbone_bias", "new_bias"):
+        lr × `bias_lr_mult`, weight decay 0 unless `bias_decay` (Caffe's lr_mult 2 / decay_mult 0 of the releases)."""
         bb = {id(p) for p in self.backbone.parameters()}
-        groups = [
-            dict(
-                name="backbone", lr=cfg.lr_backbone, params=[p for p in self.backbone.parameters() if p.requires_grad]
-            ),
-            dict(name="new", lr=cfg.lr, params=[p for p in self.parameters() if id(p) not in bb and p.requires_grad]),
-        ]
-        return [g for g in groups if g["params"]]
+        split = getattr(cfg, "bias_lr_mult", 1.0) != 1.0 or not getattr(cfg, "bias_decay", True)
+        groups = {}
+        for n, p in self.named_parameters():
+            if not p.requires_grad: continue
+            name = "backbone" if id(p) in bb else "new"
+            if split and n.endswith("bias"): name += "_bias"
+            groups.setdefault(name, []).append(p)
+        out = []
+        for name in ("backbone", "backbone_bias", "new", "new_bias"):
+            if name not in groups: continue
+            g = dict(name=name, lr=cfg.lr_backbone if name.startswith("backbone") else cfg.lr, params=groups[name])
+            if name.endswith("_bias"):
+                g["lr"] *= cfg.bias_lr_mult
+                if not cfg.bias_decay: g["weight_decay"] = 0.0
+            out.append(g)
+        return out
 
 # %% ../nbs/07_methods.ipynb #3fc4ce82
 def mask_absent(probs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

@@ -100,12 +100,10 @@ def grid(label: str, overrides, paper=None, quick=None, **axes) -> list[Row]:
     return rows
 
 # %% ../nbs/70_tables.ipynb #778eda0e
-_FROM_SCRATCH = dict(optimizer="adamw", lr=3e-3, lr_backbone=3e-3)   # the benchmark's calibration (50_train)
-PROFILES = {
-    "quick": dict(seeds=(0,), run=dict(max_train_images=120, max_val_images=40, epochs=3, progress=False,
-                                       **_FROM_SCRATCH),
+PROFILES = {   # every point trains with the run config's default recipe, "benchmark" (49_zoo)
+    "quick": dict(seeds=(0,), run=dict(max_train_images=120, max_val_images=40, epochs=3, progress=False),
                   bana=dict(max_train_images=120, max_val_images=40, cls_epochs=10, seg_epochs=8, progress=False)),
-    "full":  dict(seeds=(0, 1, 2), run=dict(epochs=15, progress=False, **_FROM_SCRATCH), bana=dict(progress=False)),
+    "full":  dict(seeds=(0, 1, 2), run=dict(epochs=15, progress=False), bana=dict(progress=False)),
 }
 
 def table_points(spec: TableSpec, profile: str = "quick", runs_root="runs", data_root=None) -> list[dict]:

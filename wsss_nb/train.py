@@ -16,7 +16,7 @@ from .core import (ConfigError, CheckpointError, DataError, WSSSError, get_devic
 from .data import VOCDataset, collate, train_transform
 from .metrics import SegEvaluator
 from .methods import BackboneConfig
-from .zoo import METHODS, build_method, method_config
+from .zoo import METHODS, RECIPE_FIELDS, build_method, method_config, method_recipe
 from .hfpl import ISLConfig, FSLConfig, with_hfpl
 
 # %% auto #0
@@ -31,10 +31,11 @@ class RunConfig:
     "Everything one training run depends on."
     method: str = "cam"
     method_cfg: dict = field(default_factory=dict)
+    recipe: typing.Literal["benchmark", "official"] = "benchmark"   # what the None fields below are filled from
     backbone: str = "tiny"
     output_stride: int | None = None
     weights: str | None = None
-    freeze_bn: bool = False
+    freeze_bn: bool | None = None     # backbone BatchNorms in eval mode with fixed affine parameters
     data_root: str = "data/synthetic"
     train_split: str = "train"
     val_split: str = "val"
@@ -46,13 +47,15 @@ class RunConfig:
     jitter: float = 0.3
     batch_size: int = 16
     epochs: int = 10
-    optimizer: typing.Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01
-    lr_backbone: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: typing.Literal["constant", "poly"] = "poly"
-    poly_power: float = 0.9
+    optimizer: typing.Literal["sgd", "adamw"] | None = None
+    lr: float | None = None           # new layers
+    lr_backbone: float | None = None
+    momentum: float | None = None     # SGD's
+    weight_decay: float | None = None
+    schedule: typing.Literal["constant", "poly"] | None = None
+    poly_power: float | None = None
+    bias_lr_mult: float | None = None  # biases' lr = their group's lr × this
+    bias_decay: bool | None = None    # False: no weight decay on biases
     grad_clip: float | None = None
     amp: bool = False                 # mixed precision (bfloat16 autocast on CPU, float16 on CUDA)
     seed: int = 0
@@ -65,7 +68,11 @@ class RunConfig:
     fsl: FSLConfig = field(default_factory=FSLConfig)   # feature similarity loss: on when fsl.weight > 0
 
     def __post_init__(self):
-        self.method_cfg = dataclasses.asdict(method_config(self.method, self.method_cfg))
+        rec = method_recipe(self.method, self.recipe)
+        for k in RECIPE_FIELDS:
+            if getattr(self, k) is None: setattr(self, k, rec[k])
+        mcfg = {**rec.get("method_cfg", {}), **self.method_cfg}
+        self.method_cfg = dataclasses.asdict(method_config(self.method, mcfg))
         if self.hfpl and not METHODS[self.method].image_labels:
             ok = sorted(n for n, m in METHODS.items() if m.image_labels)
             raise ConfigError(
@@ -81,6 +88,7 @@ class RunConfig:
         check_num(self.momentum, "momentum", 0, 1, hi_open=True)
         check_num(self.weight_decay, "weight_decay", 0)
         check_num(self.poly_power, "poly_power", 0)
+        check_num(self.bias_lr_mult, "bias_lr_mult", 0, lo_open=True)
         check_num(self.jitter, "jitter", 0, 1)
         if self.grad_clip is not None: check_num(self.grad_clip, "grad_clip", 0, lo_open=True)
         sr = self.scale_range
@@ -103,6 +111,8 @@ class RunConfig:
         for k in _UNHASHED: d.pop(k)
         for k, default in (("isl", ISLConfig()), ("fsl", FSLConfig())):
             if d[k] == to_dict(default): d.pop(k)
+        for k, default in (("recipe", "benchmark"), ("bias_lr_mult", 1.0), ("bias_decay", True)):
+            if d[k] == default: d.pop(k)              # added later: at their defaults no run's folder changed
         fp = data_fingerprint(self.data_root)
         if fp is not None: d["data"] = fp                  # a rebuilt benchmark gets new run folders
         return config_hash(d)
@@ -139,13 +149,17 @@ def run_config(cfg=None, **overrides) -> RunConfig:
                 raise ConfigError(f"{k}: only {', '.join(f'{t}.<field>' for t in _NESTED)} may be dotted")
             d[top] = {**dict(d.get(top) or {}), sub: v}
         else: d[k] = v
-    if (
-        "method" in overrides
-        and "method_cfg" not in overrides
-        and isinstance(cfg, RunConfig)
-        and cfg.method != d["method"]
-    ):
-        d["method_cfg"] = {}                          # a new method starts from its own defaults
+    if isinstance(cfg, RunConfig) and (cfg.method, cfg.recipe) != (d["method"], d["recipe"]):
+        # a new method or recipe starts from its own defaults: what the old recipe set is set afresh
+        for k in RECIPE_FIELDS:
+            if k not in overrides: d[k] = None
+        if "method_cfg" in overrides: mc = dict(overrides["method_cfg"] or {})
+        elif cfg.method != d["method"]: mc = {}
+        else:
+            fixed = set(method_recipe(cfg.method, cfg.recipe).get("method_cfg", {}))
+            fixed |= set(method_recipe(d["method"], d["recipe"]).get("method_cfg", {}))
+            mc = {k: v for k, v in cfg.method_cfg.items() if k not in fixed}
+        d["method_cfg"] = {**mc, **{k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("method_cfg.")}}
     return from_dict(RunConfig, d)
 
 # %% ../nbs/50_train.ipynb #7342dc9e

@@ -14,7 +14,8 @@ from .bap import BANAClassifier
 from .nal import BANASegmenter
 
 # %% auto #0
-__all__ = ['METHODS', 'method_config', 'build_method', 'register_method']
+__all__ = ['METHODS', 'RECIPE_FIELDS', 'BENCHMARK_RECIPE', 'RECIPES', 'method_config', 'build_method', 'method_recipe',
+           'register_method']
 
 # %% ../nbs/49_zoo.ipynb #1e2b0e2f
 METHODS: dict[str, type[Method]] = {
@@ -38,6 +39,32 @@ def build_method(name: str, num_classes: int, cfg: dict | None = None,
     "Method `name` for `num_classes` classes (background included) with its config dict and backbone."
     cfg = method_config(name, cfg)
     return METHODS[name](num_classes, cfg, backbone)
+
+# %% ../nbs/49_zoo.ipynb #c7315335
+RECIPE_FIELDS = ("optimizer", "lr", "lr_backbone", "momentum", "weight_decay", "schedule", "poly_power", "freeze_bn",
+                 "bias_lr_mult", "bias_decay")   # the run-config fields a recipe sets (unless the run sets them)
+BENCHMARK_RECIPE = dict(optimizer="adamw", lr=3e-3, lr_backbone=3e-3, momentum=0.9, weight_decay=1e-4,
+                        schedule="poly", poly_power=0.9, freeze_bn=False, bias_lr_mult=1.0, bias_decay=True)
+RECIPES = ("benchmark", "official")
+_REQUIRED = ("optimizer", "lr", "lr_backbone", "weight_decay", "schedule")   # an official recipe names these
+
+def method_recipe(name: str, recipe: str = "benchmark") -> dict:
+    "The run-config values (and `method_cfg` values) recipe `recipe` sets for method `name`."
+    method_config(name)                                  # an unknown method is named first
+    if recipe not in RECIPES: raise ConfigError(f"recipe={recipe!r}: expected one of {list(RECIPES)}")
+    if recipe == "benchmark": return dict(BENCHMARK_RECIPE)
+    cls = METHODS[name]
+    if not cls.official:
+        has = sorted(n for n, m in METHODS.items() if m.official)
+        raise ConfigError(f"recipe='official': method={name!r} has no release recipe (those with one: {has})")
+    unknown = sorted(set(cls.official) - set(RECIPE_FIELDS) - {"method_cfg"})
+    if unknown: raise ConfigError(f"{cls.__name__}.official: {unknown} are not recipe fields {RECIPE_FIELDS}")
+    missing = sorted(set(_REQUIRED) - set(cls.official))
+    if missing: raise ConfigError(f"{cls.__name__}.official: missing {missing}")
+    rec = {k: v for k, v in BENCHMARK_RECIPE.items() if k not in _REQUIRED}   # neutral values of the rest
+    rec.update(cls.official)
+    method_config(name, rec.get("method_cfg"))          # its method options must be valid ones
+    return rec
 
 # %% ../nbs/49_zoo.ipynb #2fd4cf69
 def register_method(name: str):
