@@ -17,7 +17,7 @@ from PIL import Image
 __all__ = ['IGNORE_INDEX', 'WSSSError', 'DataError', 'ConfigError', 'CheckpointError', 'check_int', 'check_num', 'get_device',
            'to_numpy', 'seed_everything', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
            'atomic_torch_save', 'voc_palette', 'check_shape', 'check_labels', 'check_label_map', 'resize', 'to_dict',
-           'from_dict', 'config_hash']
+           'from_dict', 'config_hash', 'hashed_view']
 
 # %% ../nbs/00_core.ipynb #278e8851
 class WSSSError(Exception):
@@ -286,3 +286,10 @@ def config_hash(cfg, n: int = 10) -> str:
     "A short stable hash of a config (its canonical json)."
     blob = json.dumps(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=True, default=_json_default)
     return hashlib.sha1(blob.encode()).hexdigest()[:n]
+
+# %% ../nbs/00_core.ipynb #fd3b4200
+def hashed_view(d: dict, cls) -> dict:
+    "`d` (a dict of `cls`'s fields) without the `added_later` fields of `cls` and its bases that hold their defaults."
+    later = {f for k in getattr(cls, "__mro__", ()) for f in vars(k).get("added_later", ())}
+    defaults = {f.name: to_dict(cls()).get(f.name) for f in dataclasses.fields(cls) if f.name in later} if later else {}
+    return {k: v for k, v in d.items() if not (k in defaults and v == defaults[k])}

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import (ConfigError, CheckpointError, DataError, WSSSError, get_device, seed_everything, from_dict,
-                          to_dict, config_hash, atomic_write_json, atomic_torch_save, check_int, check_num)
+                          to_dict, config_hash, hashed_view, atomic_write_json, atomic_torch_save, check_int, check_num)
 from .data import VOCDataset, collate, train_transform
 from .metrics import SegEvaluator
 from .methods import BackboneConfig
@@ -109,8 +109,10 @@ class RunConfig:
         "The run's hash over the fields that change its numbers (add-ons at their defaults left out)."
         d = to_dict(self)
         for k in _UNHASHED: d.pop(k)
-        for k, default in (("isl", ISLConfig()), ("fsl", FSLConfig())):
-            if d[k] == to_dict(default): d.pop(k)
+        for k, cls in (("isl", ISLConfig), ("fsl", FSLConfig)):
+            if d[k] == to_dict(cls()): d.pop(k)
+            else: d[k] = hashed_view(d[k], cls)
+        d["method_cfg"] = hashed_view(d["method_cfg"], METHODS[self.method].Config)
         for k, default in (("recipe", "benchmark"), ("bias_lr_mult", 1.0), ("bias_decay", True)):
             if d[k] == default: d.pop(k)              # added later: at their defaults no run's folder changed
         fp = data_fingerprint(self.data_root)
