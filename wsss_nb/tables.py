@@ -17,7 +17,7 @@ from .infer import PROTOCOLS, describe_protocol
 
 # %% auto #0
 __all__ = ['PAPERS', 'PROFILES', 'Row', 'Claim', 'TableSpec', 'mc', 'grid', 'table_points', 'as_percent', 'summarize', 'md_table',
-           'table_markdown']
+           'describe_recipes', 'table_markdown']
 
 # %% ../nbs/70_tables.ipynb #45272bf8
 PAPERS = {"ssss": "Single-stage semantic segmentation from image labels (Araslanov & Roth, CVPR 2020)",
@@ -158,6 +158,14 @@ def md_table(header, rows) -> str:
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "|".join([" --- "] * len(header)) + "|"]
     return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows])
 
+# %% ../nbs/70_tables.ipynb #db7887f0
+def describe_recipes(spec: TableSpec) -> str:
+    "Which training recipes (`RunConfig.recipe`, `BanaConfig.recipe`) a table's rows train with, in words."
+    used = sorted({(r.overrides or {}).get("recipe", spec.base.get("recipe", "benchmark")) for r in spec.rows})
+    words = {"benchmark": "`benchmark` (AdamW, lr 3·10⁻³, poly: the benchmark's calibration, from scratch)",
+             "official": "`official` (the release's optimiser, schedule and frozen BatchNorms)"}
+    return " and ".join(words.get(r, f"`{r}`") for r in used)
+
 # %% ../nbs/70_tables.ipynb #a9c048e9
 def _paper_cell(v) -> str: return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 
@@ -169,6 +177,7 @@ def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profil
            f"paper: PASCAL VOC 2012 as printed).", "",
            "Protocol: " + (describe_protocol(spec.protocol) if spec.protocol else
                            "none: the numbers score pseudo labels, not test-time predictions") + ".", "",
+           "Training recipe: " + describe_recipes(spec) + ".", "",
            md_table(["Setting", "Ours (benchmark)", "Paper (VOC)"],
                      [[r.row, r.ours, _paper_cell(r.paper)] for r in df.itertuples()])]
     if claims:
