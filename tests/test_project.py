@@ -140,7 +140,7 @@ DEFAULT_METHOD_CONFIGS = {
     "bana_seg": {'pseudo_dir': None, 'loss': 'nal', 'gamma': 7.0, 'lam': 0.1, 'tau': 20.0, 'classifier': 'cosine',
                  'head': 'none', 'head_channels': 128, 'dropout': 0.1, 'bootstrap_power': 0.9, 'detach_sigma': True,
                  'confidence_names': None},
-    "cam": {'bg_score': 0.2, 'label_threshold': 0.5},
+    "cam": {'bg_score': 0.2, 'label_threshold': 0.5, 'dropout': 0.0},
     "full": {'aspp_channels': 128, 'decoder_channels': 128, 'dropout': 0.1},
     "shape": {'aspp_channels': 128, 'decoder_channels': 128, 'skip_proj': 48, 'aspp_dropout': 0.5,
               'decoder_dropout': (0.5, 0.1), 'scm': True, 'scm_channels': 64, 'scm_source': 'image', 'scm_radius': 7,
@@ -149,13 +149,13 @@ DEFAULT_METHOD_CONFIGS = {
               'spr_iter': 10, 'spr_dilations': (1, 2, 4, 8, 12, 24), 'spr_scores': 'probs',
               'pamr_resolution': 'features',
               'cutoff': 0.6, 'cutoff_low': 0.2, 'pixel_loss': True, 'region_loss': True, 'region_radius': 3,
-              'region_margin': 3.0, 'region_ramp_epochs': 6, 'pretrain_epochs': 3},
+              'region_margin': 3.0, 'region_ramp_epochs': 6, 'pretrain_epochs': 3, 'freeze_aspp_bn': False},
     "ssss": {'aspp_channels': 128, 'decoder_channels': 128, 'skip_proj': 48, 'aspp_dropout': 0.5,
              'decoder_dropout': (0.5, 0.1), 'scores': 'ngwp', 'focal_penalty': True, 'focal_p': 3.0,
              'focal_lambda': 0.01, 'ngwp_eps': 1.0, 'pamr': True, 'pamr_iter': 10,
              'pamr_dilations': (1, 2, 4, 8, 12, 24), 'pamr_resolution': 'features', 'sg': True, 'sg_psi': 0.3,
              'gci': True, 'deterministic_gate': False, 'cutoff_top': 0.6, 'cutoff_bg': 0.7, 'cutoff_low': 0.2,
-             'seg_weight': 1.0, 'pretrain_epochs': 3},
+             'seg_weight': 1.0, 'pretrain_epochs': 3, 'freeze_aspp_bn': False},
 }
 
 # run keys of a few configs before issue 15 (a data_root without a generated benchmark: no data fingerprint); ssss and

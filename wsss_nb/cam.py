@@ -7,8 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from .core import check_num
 from .methods import Method
 from .heads import CAMHead, normalize_cams, cams_to_probs
 
@@ -22,17 +24,29 @@ class CAMBaseline(Method):
     name = "cam"
     image_labels = True
     labels_mask = False                # `predict` turns the labels into CAM probabilities, not a mask of its output
+    # 1-stage-wseg's "bsl" model (BaselineCAM, models/stage_net.py, launch/run_bsl_resnet38.sh): "The release's recipe"
+    official = dict(optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=5e-4, schedule="constant",
+                    freeze_bn=True, bias_lr_mult=2.0, bias_decay=False, method_cfg=dict(bg_score=0.1, dropout=0.5))
     @dataclass
     class Config:
-        bg_score: float = 0.2          # constant background score against max-normalised CAMs
+        bg_score: float = 0.2          # constant background score against max-normalised CAMs (the release: 0.1)
         label_threshold: float = 0.5   # σ(score) above which a class is predicted present at test time
+        dropout: float = 0.0           # Dropout2d before GAP, classification branch only (the release: 0.5)
+
+        def __post_init__(self): check_num(self.dropout, "dropout", 0, 1, hi_open=True)
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
         self.head = CAMHead(self.backbone.channels["deep"], num_classes - 1)
+        self.drop = nn.Dropout2d(self.cfg.dropout) if self.cfg.dropout > 0 else None
 
     def forward(self, batch):
-        return self.head(self.backbone(batch["image"])["deep"])
+        "dict(cams, logits) of `CAMHead`; in training with `dropout`, logits = classifier(GAP(Dropout2d(f))) instead."
+        f = self.backbone(batch["image"])["deep"]
+        out = self.head(f)
+        if self.drop is not None and self.training:     # the release's cls_branch; its CAMs see all the features
+            out["logits"] = self.head.classifier(self.drop(f).mean((2, 3), keepdim=True)).flatten(1)
+        return out
 
     def losses(self, batch, out, epoch):
         cls = F.multilabel_soft_margin_loss(out["logits"], batch["labels"])

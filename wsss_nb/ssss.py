@@ -186,6 +186,7 @@ class NGWPSegmenter(Method):
         cutoff_low: float = 0.2         # floor of the pseudo-GT thresholds
         pretrain_epochs: int = 3        # classification only for these epochs (paper 5 of 20; benchmark runs ~10)
         pamr_resolution: typing.Literal["image", "features"] = "features"   # refine on the stride-4 masks (the code)
+        freeze_aspp_bn: bool = False    # ASPP BatchNorms in eval mode (statistics fixed), affine trained (the code)
 
         def __post_init__(self):
             for k in ("aspp_channels", "decoder_channels", "skip_proj"): check_int(getattr(self, k), k)
@@ -208,6 +209,15 @@ class NGWPSegmenter(Method):
         self.build_decoder(ch)
         self.head = nn.Sequential(nn.Dropout(c.decoder_dropout[0]), conv_bn_relu(k, k, 3),
                                   nn.Dropout(c.decoder_dropout[1]), nn.Conv2d(k, num_classes - 1, 1))
+        if c.freeze_aspp_bn: self.train(self.training)
+
+    def train(self, mode: bool = True):
+        "Train/eval mode; with `freeze_aspp_bn` the ASPP's BatchNorms stay in eval mode (affine parameters train)."
+        super().train(mode)
+        if self.cfg.freeze_aspp_bn:
+            for m in self.aspp.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+        return self
 
     @abc.abstractmethod
     def build_decoder(self, channels: dict):
@@ -268,6 +278,10 @@ class SSSS(NGWPSegmenter):
     """Single-stage WSSS (Araslanov & Roth 2020): nGWP + focal penalty, PAMR pseudo GT, balanced CE, SG + GCI.
     L = L_cls (soft margin on the class scores) + `seg_weight`·L_seg (balanced CE, after `pretrain_epochs`)."""
     name = "ssss"
+    # the release's training (visinf/1-stage-wseg, configs/voc_resnet38.yaml): see "The release's recipe" below
+    official = dict(optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=5e-4, schedule="constant",
+                    freeze_bn=True, bias_lr_mult=2.0, bias_decay=False,
+                    method_cfg=dict(aspp_channels=256, decoder_channels=256, freeze_aspp_bn=True, pretrain_epochs=5))
     @dataclass
     class Config(NGWPSegmenter.Config):
         scores: typing.Literal["ngwp", "gap"] = "ngwp"
