@@ -29,6 +29,7 @@ class CAMBaseline(Method):
                     freeze_bn=True, bias_lr_mult=2.0, bias_decay=False, method_cfg=dict(bg_score=0.1, dropout=0.5))
     @dataclass
     class Config:
+        added_later = ("dropout",)     # options added after runs were stored: out of the run hash at their defaults
         bg_score: float = 0.2          # constant background score against max-normalised CAMs (the release: 0.1)
         label_threshold: float = 0.5   # σ(score) above which a class is predicted present at test time
         dropout: float = 0.0           # Dropout2d before GAP, classification branch only (the release: 0.5)
