@@ -174,7 +174,7 @@ class NGWPSegmenter(Method):
     image_labels = True
     @dataclass
     class Config:
-        added_later = ("freeze_aspp_bn",)   # options added after runs were stored: out of the run hash at their defaults
+        added_later = ("freeze_aspp_bn",)   # options added after runs were stored: unhashed at their defaults
         aspp_channels: int = 128        # official SSSS: 256 (the shape-cue paper does not say)
         decoder_channels: int = 128     # official SSSS: 256
         skip_proj: int = 48
