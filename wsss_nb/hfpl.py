@@ -18,7 +18,7 @@ from .metrics import mean_std
 # %% auto #0
 __all__ = ['POSTERIORS', 'GATINGS', 'TABLE_METRICS', 'isl_probs', 'importance_sample', 'importance_sampling_loss',
            'combined_cls_loss', 'pixel_dissimilarity', 'window_offsets', 'feature_similarity_loss', 'fsl_gate',
-           'ISLConfig', 'FSLConfig', 'hfpl_losses', 'with_hfpl', 'aggregate_seeds']
+           'ISLConfig', 'FSLConfig', 'fsl_resolution', 'hfpl_losses', 'with_hfpl', 'aggregate_seeds']
 
 # %% ../nbs/30_isl_fsl.ipynb #b070309c
 POSTERIORS = ("binomial", "multinomial")
@@ -218,12 +218,14 @@ class ISLConfig:
 @dataclass
 class FSLConfig:
     "Feature similarity loss options (Sec. 3.4, 4.3): total += `weight`·L_fs when `weight` > 0 (off by default)."
+    added_later: typing.ClassVar[tuple] = ("size",)   # out of the run key at its default (`core.hashed_view`)
     weight: float = 0.0                    # 0 = off; the official code adds L_fs with weight 1
     mu: float = 2.5                        # μ, σ: the supplement's S.1 optimum
     sigma: float | None = 5.0              # None: uniform weight 1/(hw) (the original FSL)
     radius: float | None = None            # None: 4σ (windowed); the exact dense sum when sigma is None too
     gating: typing.Literal["r", "b", "s", "a"] = "r"   # r: max-normalised CAM (Eq. 4, the paper's choice)
     background: bool = True                # add the background channel, as the official code
+    size: int | None = None                # None: at the CAMs' resolution; n: upsampled towards n (`fsl_resolution`)
 
     def __post_init__(self):
         check_num(self.weight, "fsl.weight", 0)
@@ -231,16 +233,26 @@ class FSLConfig:
         if self.sigma is not None: check_num(self.sigma, "fsl.sigma", 0, lo_open=True)
         if self.radius is not None: check_num(self.radius, "fsl.radius", 1)
         if self.gating not in GATINGS: raise ConfigError(f"fsl.gating={self.gating!r}: expected one of {list(GATINGS)}")
+        if self.size is not None: check_int(self.size, "fsl.size")
 
     @property
     def loss_radius(self):
         "The `radius` argument of `feature_similarity_loss`."
         return self.radius if self.radius is not None else ("auto" if self.sigma is not None else None)
 
+# %% ../nbs/30_isl_fsl.ipynb #5874a7f4
+def fsl_resolution(hw, size: int | None = None) -> tuple[int, int]:
+    "(k·h, k·w), k = max(1, round(size / max(h, w))): the integer factor nearest `size` (Sec. 5.1); (h, w) for None."
+    h, w = (int(v) for v in hw)
+    if size is None: return h, w
+    k = max(1, math.floor(check_int(size, "size") / max(h, w) + 0.5))
+    return k * h, k * w
+
 # %% ../nbs/30_isl_fsl.ipynb #b2dd89aa
 def hfpl_losses(batch: dict, cam_logits: torch.Tensor, labels: torch.Tensor, isl_cfg: ISLConfig | None = None,
                 fsl_cfg: FSLConfig | None = None, generator=None) -> dict:
-    "The enabled HFPL terms, unweighted: `isl` (Eq. 18 on the CAM scores B×C×h×w) and `fsl` (Eq. 9 on the gated CAMs)."
+    """The enabled HFPL terms, unweighted: `isl` (Eq. 18 on the CAM scores B×C×h×w) and `fsl` (Eq. 9 on the gated
+    CAMs, upsampled to `fsl_resolution(h×w, fsl_cfg.size)` first, the image resized to them)."""
     out = {}
     if isl_cfg is not None and isl_cfg.lam > 0:
         out["isl"] = importance_sampling_loss(
@@ -250,9 +262,9 @@ def hfpl_losses(batch: dict, cam_logits: torch.Tensor, labels: torch.Tensor, isl
         image = batch.get("image_raw") if isinstance(batch, dict) else None
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             raise DataError("batch['image_raw']: FSL needs the B×3×H×W images in [0, 1]")
-        if image.shape[-2:] != cam_logits.shape[-2:]:
-            image = resize(image.float(), cam_logits.shape[-2:], align_corners=True)
-        gate = fsl_gate(cam_logits, labels, fsl_cfg.gating, fsl_cfg.background)
+        cams = resize(cam_logits, fsl_resolution(cam_logits.shape[-2:], fsl_cfg.size), align_corners=True)
+        if image.shape[-2:] != cams.shape[-2:]: image = resize(image.float(), cams.shape[-2:], align_corners=True)
+        gate = fsl_gate(cams, labels, fsl_cfg.gating, fsl_cfg.background)
         out["fsl"] = feature_similarity_loss(image, gate, fsl_cfg.mu, fsl_cfg.sigma, fsl_cfg.loss_radius)
     return out
 

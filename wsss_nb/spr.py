@@ -20,42 +20,51 @@ from .ssss import pseudo_gt_labels, with_background, NGWPSegmenter
 from .scm import SCM, self_information
 
 # %% auto #0
-__all__ = ['PAPER_RUN', 'BOUNDARY_RATIO', 'class_kernel', 'spr_kernel', 'spr_affinity', 'spr', 'SPR', 'pseudo_mask', 'pixel_loss',
-           'region_loss', 'region_weight', 'ShapeCues']
+__all__ = ['CLASS_NORMS', 'BOUNDARY_RATIO', 'class_kernel', 'spr_kernel', 'spr_affinity', 'spr', 'SPR', 'pseudo_mask',
+           'pixel_loss', 'region_loss', 'region_weight', 'ShapeCues']
 
 # %% ../nbs/21_spr.ipynb #1757ff36
+CLASS_NORMS = ("pamr", "eq5")   # class term's denominator: 0.1·σ^c (PAMR's form, ours) or (σ^c)² (Eq. 5 as printed)
+
 def _check_alpha(alpha):
     return check_num(alpha, "alpha", 0, 1)
 
-def class_kernel(scores: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
+def _check_norm(norm):
+    if norm not in CLASS_NORMS: raise ConfigError(f"class_norm={norm!r}: expected one of {list(CLASS_NORMS)}")
+    return norm
+
+def class_kernel(scores: torch.Tensor, dilations=DEFAULT_DILATIONS, norm: str = "pamr") -> torch.Tensor:
     """Class term of Eq. 5 before α, B×C×8D×H×W, for scores s B×C×H×W and the 8·D neighbours n of each pixel i.
-    k^c_s(i, n) = −|s^c_i − s^c_n| / (1e-8 + 0.1·σ^c), σ^c the standard deviation of class c's scores over the image."""
+    k^c_s(i, n) = −|s^c_i − s^c_n| / (1e-8 + 0.1·σ^c) (`norm="pamr"`) or / (1e-8 + (σ^c)²) (`"eq5"`, printed),
+    σ^c the standard deviation of class c's scores over the image."""
     sd = scores.flatten(2).std(2)[:, :, None, None, None]
-    return (scores.unsqueeze(2) - neighbours(scores, dilations)).abs_().div_(1e-8 + 0.1 * sd).neg_()
+    den = 1e-8 + (0.1 * sd if _check_norm(norm) == "pamr" else sd * sd)
+    return (scores.unsqueeze(2) - neighbours(scores, dilations)).abs_().div_(den).neg_()
 
 # %% ../nbs/21_spr.ipynb #a5092e2b
-def _kernel_pairs(image, scores, alpha, dilations, b, c):
+def _kernel_pairs(image, scores, alpha, dilations, b, c, norm="pamr"):
     "The SPR kernel for the (image b, class c) pairs: n×8D×H×W."
     k = colour_kernel(image, dilations)[b]
     if alpha == 1: return k
-    return alpha * k + (1 - alpha) * class_kernel(scores[b, c][:, None], dilations)[:, 0]
+    return alpha * k + (1 - alpha) * class_kernel(scores[b, c][:, None], dilations, norm)[:, 0]
 
 def spr_kernel(
-    image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS
+    image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS, class_norm: str = "pamr"
 ) -> torch.Tensor:
     """SPR kernel (Eq. 5 before the softmax), B×C×8D×H×W: PAMR's colour kernel mixed with the class term by α.
-    k^c(i, n) = −α·mean_ch |I_i − I_n| / (1e-8 + 0.1·σ_i) − (1 − α)·|s^c_i − s^c_n| / (1e-8 + 0.1·σ^c)."""
+    k^c(i, n) = −α·mean_ch |I_i − I_n| / (1e-8 + 0.1·σ_i) − (1 − α)·|s^c_i − s^c_n| / (1e-8 + 0.1·σ^c),
+    the last denominator 1e-8 + (σ^c)² with `class_norm="eq5"` (Eq. 5 as printed)."""
     _check_alpha(alpha)
     B, C, H, W = scores.shape
     b, c = torch.meshgrid(torch.arange(B, device=scores.device), torch.arange(C, device=scores.device), indexing="ij")
-    return _kernel_pairs(image, scores, alpha, dilations, b.flatten(), c.flatten()).view(B, C, -1, H, W)
+    return _kernel_pairs(image, scores, alpha, dilations, b.flatten(), c.flatten(), class_norm).view(B, C, -1, H, W)
 
 # %% ../nbs/21_spr.ipynb #cfd01ad2
 def spr_affinity(
-    image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS
+    image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS, class_norm: str = "pamr"
 ) -> torch.Tensor:
     "Affinities δ^c_{j→i} = exp k^c(i, j) / Σ_{j′} exp k^c(i, j′) over the 8·D neighbours (Eq. 5), B×C×8D×H×W."
-    return spr_kernel(image, scores, alpha, dilations).softmax(2)
+    return spr_kernel(image, scores, alpha, dilations, class_norm).softmax(2)
 
 # %% ../nbs/21_spr.ipynb #c614640d
 @torch.no_grad()
@@ -68,11 +77,13 @@ def spr(
     dilations=DEFAULT_DILATIONS,
     labels: torch.Tensor | None = None,
     return_steps: bool = False,
+    class_norm: str = "pamr",
 ):
     """Refine `mask` (B×C×h×w) on `image` (B×K×H×W in [0, 1]) with per-class affinities from `scores` (default: `mask`).
     m^c_{i;t} = Σ_j δ^c_{j→i}·m^c_{j;t−1} for t = 1..`num_iter` (Eq. 6); with `labels` only the present classes."""
     check_refinement_inputs(image, mask, num_iter, labels)
     _check_alpha(alpha)
+    _check_norm(class_norm)
     dilations = check_dilations(dilations)
     if scores is None: scores = mask
     elif not isinstance(scores, torch.Tensor) or scores.shape != mask.shape:
@@ -84,7 +95,7 @@ def spr(
     keep = torch.ones(mask.shape[:2], dtype=torch.bool, device=mask.device)
     if labels is not None: keep[:, 1:] = labels > 0                           # background + present classes
     b, c = keep.nonzero(as_tuple=True)
-    aff = _kernel_pairs(image, scores, alpha, dilations, b, c).softmax(1)
+    aff = _kernel_pairs(image, scores, alpha, dilations, b, c, class_norm).softmax(1)
     out = propagate(mask[b, c][:, None], aff, dilations, num_iter, return_steps)
     def unpack(m):
         r = torch.zeros_like(mask)
@@ -96,15 +107,19 @@ def spr(
 class SPR(nn.Module):
     """Semantics-augmented pixel refinement (Eq. 5–6); α = 1 is PAMR. No parameters, no gradient.
     m^c_{i;t} = Σ_j δ^c_{j→i}·m^c_{j;t−1}, δ^c a softmax of α·(colour kernel) + (1 − α)·(class kernel)."""
-    def __init__(self, num_iter: int = 10, dilations=DEFAULT_DILATIONS, alpha: float = 0.8):
+    def __init__(self, num_iter: int = 10, dilations=DEFAULT_DILATIONS, alpha: float = 0.8, class_norm: str = "pamr"):
         super().__init__()
         check_int(num_iter, "num_iter", 0)
         self.num_iter, self.dilations, self.alpha = num_iter, check_dilations(dilations), _check_alpha(alpha)
+        self.class_norm = _check_norm(class_norm)
 
     def forward(self, image, mask, scores=None, labels=None, return_steps: bool = False):
-        return spr(image, mask, scores, self.alpha, self.num_iter, self.dilations, labels, return_steps)
+        return spr(image, mask, scores, self.alpha, self.num_iter, self.dilations, labels, return_steps,
+                   self.class_norm)
 
-    def extra_repr(self): return f"num_iter={self.num_iter}, dilations={self.dilations}, alpha={self.alpha}"
+    def extra_repr(self):
+        return (f"num_iter={self.num_iter}, dilations={self.dilations}, alpha={self.alpha}, "
+                f"class_norm={self.class_norm!r}")
 
 # %% ../nbs/21_spr.ipynb #bc5fa1ef
 def pseudo_mask(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 0.2) -> torch.Tensor:
@@ -164,9 +179,6 @@ def region_weight(epoch: int, start: int = 0, ramp: int = 6) -> float:
     return 1. if ramp <= 0 else min(1., (epoch - start) / ramp)
 
 # %% ../nbs/21_spr.ipynb #cd9d6983
-PAPER_RUN = dict(
-    optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=1e-4, schedule="poly", poly_power=0.9
-)
 BOUNDARY_RATIO = 0.05   # boundary IoU distance: 5 % of the image diagonal (Sec. 4.2.4)
 
 # %% ../nbs/21_spr.ipynb #c43e9fa8
@@ -175,8 +187,17 @@ class ShapeCues(NGWPSegmenter):
     L = L_cls (Eq. 2) + L_pixel (Eq. 7) + λ·L_region (Eq. 8–10), the mask terms after `pretrain_epochs`."""
 
     name = "shape"
+    # The paper's training (Sec. 4.1.2; no code was released): SGD, lr 1e-2 for the new layers and 1e-3 for the
+    # backbone, momentum 0.9, weight decay 1e-4, SEAM's poly decay with power 0.9; DeepLabV3's 256-channel ASPP (the
+    # decoder's width is not printed: 256 as DeepLabV3+ and SSSS); SPR's class term as Eq. 5 prints it.
+    official: typing.ClassVar[dict] = dict(
+        optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=1e-4, schedule="poly", poly_power=0.9,
+        method_cfg=dict(aspp_channels=256, decoder_channels=256, spr_scores="logits", spr_class_norm="eq5"),
+    )
+
     @dataclass
     class Config(NGWPSegmenter.Config):
+        added_later: typing.ClassVar[tuple] = ("spr_class_norm",)   # out of the run key at its default
         focal_penalty: bool = False       # SSSS's focal mask penalty (not in the paper)
         scm: bool = True                  # Table 5: shape cue module on/off
         scm_channels: int = 64            # shape-cue channels concatenated into the decoder
@@ -191,6 +212,7 @@ class ShapeCues(NGWPSegmenter):
         spr_iter: int = 10                # T (0: no refinement)
         spr_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)   # R2
         spr_scores: typing.Literal["probs", "logits"] = "probs"   # s of Eq. 5: masks M, or score maps (background ≡ 1)
+        spr_class_norm: typing.Literal["pamr", "eq5"] = "pamr"   # class term / (0.1·σ^c) (ours) or / (σ^c)² (Eq. 5)
         cutoff: float = 0.6               # θ = cutoff × max score (lower bound: cutoff_low)
         pixel_loss: bool = True           # Table 8: pixel-wise loss (Eq. 7)
         region_loss: bool = True          # Table 8: region-wise loss (Eq. 8)
@@ -255,7 +277,9 @@ class ShapeCues(NGWPSegmenter):
         img = image_raw if c.pamr_resolution == "image" else resize(image_raw, masks.shape[-2:], align_corners=True)
         if c.spr_iter == 0: refined = resize(masks, img.shape[-2:], align_corners=True)
         elif c.spr_alpha == 1: refined = pamr(img, masks, c.spr_iter, tuple(c.spr_dilations), labels)
-        else: refined = spr(img, masks, scores, c.spr_alpha, c.spr_iter, tuple(c.spr_dilations), labels)
+        else:
+            refined = spr(img, masks, scores, c.spr_alpha, c.spr_iter, tuple(c.spr_dilations), labels,
+                          class_norm=c.spr_class_norm)
         return resize(refined, image_raw.shape[-2:], align_corners=True)
 
     def threshold(self, refined):
