@@ -146,7 +146,7 @@ DEFAULT_METHOD_CONFIGS = {
               'decoder_dropout': (0.5, 0.1), 'scm': True, 'scm_channels': 64, 'scm_source': 'image', 'scm_radius': 7,
               'scm_samples': 9, 'scm_bandwidth': 1.0, 'scm_patch': 3, 'scm_tau': 0.5, 'scm_drop_rate': 1.5,
               'ngwp_eps': 1.0, 'focal_penalty': False, 'focal_p': 3.0, 'focal_lambda': 0.01, 'spr_alpha': 0.8,
-              'spr_iter': 10, 'spr_dilations': (1, 2, 4, 8, 12, 24), 'spr_scores': 'probs',
+              'spr_iter': 10, 'spr_dilations': (1, 2, 4, 8, 12, 24), 'spr_scores': 'probs', 'spr_class_norm': 'pamr',
               'pamr_resolution': 'features',
               'cutoff': 0.6, 'cutoff_low': 0.2, 'pixel_loss': True, 'region_loss': True, 'region_radius': 3,
               'region_margin': 3.0, 'region_ramp_epochs': 6, 'pretrain_epochs': 3, 'freeze_aspp_bn': False},
