@@ -136,7 +136,8 @@ def test_build_method_from_a_bare_import():
 # issue 16 changed one on purpose: PAMR/SPR refine on the stride-4 grid by default (`pamr_resolution="features"`, as
 # SSSS's `run_pamr`), a field ssss and shape now share (shape's `spr_resolution` was its name there)
 DEFAULT_METHOD_CONFIGS = {
-    "bana_cls": {'grid_size': 4, 'pooling': 'bap', 'roi_samples': 1, 'min_background': 0.0, 'init_std': 0.01},
+    "bana_cls": {'grid_size': 4, 'pooling': 'bap', 'roi_samples': 1, 'min_background': 0.0, 'init_std': 0.01,
+                 'roi_bins': 1},
     "bana_seg": {'pseudo_dir': None, 'loss': 'nal', 'gamma': 7.0, 'lam': 0.1, 'tau': 20.0, 'classifier': 'cosine',
                  'head': 'none', 'head_channels': 128, 'dropout': 0.1, 'bootstrap_power': 0.9, 'detach_sigma': True,
                  'confidence_names': None},

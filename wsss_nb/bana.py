@@ -12,7 +12,7 @@ from pathlib import Path
 from .core import ConfigError, from_dict, to_dict, config_hash, atomic_write_json
 from .data import VOCDataset
 from .box_pseudo import export_pseudo_labels, pseudo_config
-from .nal import read_manifest
+from .nal import BANASegmenter, read_manifest
 from .train import run_config, run_dir, train
 from .infer import PROTOCOLS, evaluate, load_run, protocol
 
@@ -36,6 +36,7 @@ class BanaConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+    recipe: typing.Literal["benchmark", "official"] = "benchmark"   # stages 1 and 3: the release's optimisation too
     # stage 1: bana_cls
     cls_pooling: typing.Literal["bap", "gap"] = "bap"
     cls_grid_size: int = 4                 # N for training
@@ -82,13 +83,15 @@ def bana_config(cfg=None, **overrides) -> BanaConfig:
 
 # %% ../nbs/52_bana.ipynb #0f2bf14f
 def stage1_config(cfg: BanaConfig):
-    "The RunConfig of stage 1 (`bana_cls`)."
+    "The RunConfig of stage 1 (`bana_cls`); `recipe='official'` leaves the optimisation to `BANAClassifier.official`."
+    optim = (dict(optimizer="adamw", lr=cfg.cls_lr, lr_backbone=cfg.cls_lr) if cfg.recipe == "benchmark"
+             else dict(recipe="official"))
     return run_config(dict(
         method="bana_cls", method_cfg=dict(grid_size=cfg.cls_grid_size, pooling=cfg.cls_pooling),
         backbone=cfg.backbone, output_stride=cfg.output_stride, weights=cfg.weights, data_root=cfg.data_root,
         train_split=cfg.train_split, val_split=cfg.val_split, max_train_images=cfg.max_train_images,
         max_val_images=cfg.cls_max_val_images, crop=cfg.cls_crop, scale_range=(0.8, 1.2), jitter=0.2,
-        batch_size=cfg.cls_batch_size, epochs=cfg.cls_epochs, optimizer="adamw", lr=cfg.cls_lr, lr_backbone=cfg.cls_lr,
+        batch_size=cfg.cls_batch_size, epochs=cfg.cls_epochs, **optim,
         seed=cfg.seed, device=cfg.device, out_dir=str(Path(cfg.out_dir)/"stage1"), progress=cfg.progress))
 
 # %% ../nbs/52_bana.ipynb #045382b2
@@ -105,15 +108,22 @@ def pseudo_dir(cfg: BanaConfig) -> Path:
 
 # %% ../nbs/52_bana.ipynb #e8dc2fc4
 def stage3_config(cfg: BanaConfig):
-    "The RunConfig of stage 3 (`bana_seg` on stage 2's export)."
+    """The RunConfig of stage 3 (`bana_seg` on stage 2's export). `recipe='official'`: `BANASegmenter.official`
+    (DeepLab-V1), or its `official_v2` (values set explicitly) when `seg_cfg` asks for `head='v2'`."""
     mcfg = dict(cfg.seg_cfg, pseudo_dir=str(pseudo_dir(cfg)), loss=cfg.loss, gamma=cfg.gamma, lam=cfg.lam,
                 tau=cfg.tau, classifier=cfg.classifier)
+    if cfg.recipe == "benchmark":
+        optim = dict(optimizer=cfg.seg_optimizer, lr=cfg.seg_lr, lr_backbone=cfg.seg_lr_backbone, schedule="poly")
+    elif mcfg.get("head") == "v2":
+        optim = dict(BANASegmenter.official_v2, recipe="official")
+        mcfg = {**optim.pop("method_cfg"), **mcfg}
+    else: optim = dict(recipe="official")
     return run_config(dict(
         method="bana_seg", method_cfg=mcfg, backbone=cfg.backbone, output_stride=cfg.output_stride, weights=cfg.weights,
         data_root=cfg.data_root, train_split=cfg.train_split, val_split=cfg.val_split,
         max_train_images=cfg.max_train_images, max_val_images=cfg.max_val_images, crop=cfg.seg_crop,
-        batch_size=cfg.seg_batch_size, epochs=cfg.seg_epochs, optimizer=cfg.seg_optimizer, lr=cfg.seg_lr,
-        lr_backbone=cfg.seg_lr_backbone, schedule="poly", seed=cfg.seed if cfg.seg_seed is None else cfg.seg_seed,
+        batch_size=cfg.seg_batch_size, epochs=cfg.seg_epochs, **optim,
+        seed=cfg.seed if cfg.seg_seed is None else cfg.seg_seed,
         device=cfg.device, out_dir=str(Path(cfg.out_dir)/"stage3"), progress=cfg.progress))
 
 # %% ../nbs/52_bana.ipynb #7508c50a

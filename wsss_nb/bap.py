@@ -18,7 +18,7 @@ from .methods import Method, BackboneConfig, mask_absent
 
 # %% auto #0
 __all__ = ['check_boxes', 'boxes_to_mask', 'grid_cells', 'background_queries', 'background_attention', 'roi_sample', 'bap_pool',
-           'BANAClassifier', 'train_bana_cls']
+           'bin_ranges', 'background_fraction', 'BANAClassifier', 'train_bana_cls']
 
 # %% ../nbs/40_bap.ipynb #3e6d20fe
 def check_boxes(boxes, name: str = "boxes") -> torch.Tensor:
@@ -109,10 +109,13 @@ def roi_sample(x: torch.Tensor, box, stride: float = 1, samples: int = 1) -> tor
 
 # %% ../nbs/40_bap.ipynb #c98753e1
 def bap_pool(features: torch.Tensor, attention: torch.Tensor, boxes, stride: float = 1, samples: int = 1,
-             eps: float = 1e-6):
+             eps: float = 1e-6, bins: int = 1):
     """BAP (Eq. 4) of every box of every image → (r R×K, class R long, image index R long); `boxes`: a list of N_b×5.
-    r_i = Σ_{p ∈ B_i} (1 − A(p))·f(p) / Σ_{p ∈ B_i} (1 − A(p)), over bilinear RoI samples of f and A."""
+    r_i = Σ_{p ∈ B_i} (1 − A(p))·f(p) / Σ_{p ∈ B_i} (1 − A(p)), over bilinear RoI samples of f and A.
+    `bins` = k > 1: each box's samples split into the release's k×k bins (`bin_ranges`), one r per bin (R = k²·boxes,
+    box by box, bins row-major), each with its box's class."""
     check_shape(features, "features")
+    check_int(bins, "bins")
     B, K, h, w = features.shape
     _check_mask(attention, "attention", (B, h, w))
     if not isinstance(boxes, (list, tuple)) or len(boxes) != B:
@@ -123,10 +126,14 @@ def bap_pool(features: torch.Tensor, attention: torch.Tensor, boxes, stride: flo
         bx = check_boxes(bx, f"boxes[{b}]")
         x = torch.cat([features[b], 1 - attention[b][None]])
         for box in bx:
-            s = roi_sample(x, box, stride, samples).flatten(1)
-            r.append((s[:K] * s[K:]).sum(1) / s[K:].sum().clamp_min(eps))
-            cls.append(int(box[4]) if len(box) > 4 else 0)
-            idx.append(b)
+            s = roi_sample(x, box, stride, samples)
+            if bins == 1: parts = [s.flatten(1)]
+            else:
+                parts = [s[:, y0:y1, x0:x1].flatten(1) for y0, y1 in bin_ranges(s.shape[1], bins)
+                         for x0, x1 in bin_ranges(s.shape[2], bins)]
+            r += [(p[:K] * p[K:]).sum(1) / p[K:].sum().clamp_min(eps) for p in parts]
+            cls += [int(box[4]) if len(box) > 4 else 0] * len(parts)
+            idx += [b] * len(parts)
     dev = features.device
     if not r:
         return (
@@ -135,6 +142,21 @@ def bap_pool(features: torch.Tensor, attention: torch.Tensor, boxes, stride: flo
             torch.zeros(0, dtype=torch.long, device=dev),
         )
     return torch.stack(r), torch.tensor(cls, device=dev), torch.tensor(idx, device=dev)
+
+# %% ../nbs/40_bap.ipynb #67bfc20c
+def bin_ranges(n: int, k: int) -> list[tuple[int, int]]:
+    "The release's k bins [start, end) along an axis of n samples: stride s = max(1, n//k), width max(1, n − (k−1)s)."
+    check_int(n, "n")
+    check_int(k, "k")
+    if n < k: return [(min(i, n - 1), min(i, n - 1) + 1) for i in range(k)]   # replicate padding: the last sample
+    s = n // k
+    w = n - (k - 1) * s
+    return [(i * s, i * s + w) for i in range(k)]
+
+# %% ../nbs/40_bap.ipynb #6cadd9d7
+def background_fraction(boxes, size) -> torch.Tensor:
+    "B: the fraction of each H×W image (`size`) outside all its boxes (`boxes`: a list of N_b×5 in image pixels)."
+    return torch.stack([1 - boxes_to_mask(b, size).any(0).float().mean() for b in boxes])
 
 # %% ../nbs/40_bap.ipynb #ac5ed31e
 class BANAClassifier(Method):
@@ -146,14 +168,25 @@ class BANAClassifier(Method):
         grid_size: int = 4                               # N of the training grid (paper: 4)
         pooling: typing.Literal["bap", "gap"] = "bap"    # "gap": A = 0 (the baseline)
         roi_samples: int = 1                             # bilinear samples per feature cell and axis in a box
-        min_background: float = 0.0                      # GAP for images with less definite background (release: 0.125)
+        min_background: float = 0.0                      # GAP where ≤ this fraction of the image is outside the boxes
+                                                         # (release: 0.125; 0: only when no grid cell has background)
         init_std: float = 0.01                           # classifier init N(0, std²)
+        roi_bins: int = 1                                # k: k×k bins per box, one feature and logit each (release: 2)
+
+    # configs/stage1.yml + stage1.py: SGD, Caffe's lr_mult 1/2/10 (weights, biases, classifier) and decay_mult 0 on
+    # biases; the release divides the lr by 10 at 5000 of 8000 iterations (no such schedule here: constant)
+    official: typing.ClassVar[dict] = dict(
+        optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=5e-4, schedule="constant",
+        freeze_bn=False, bias_lr_mult=2.0, bias_decay=False,
+        method_cfg=dict(grid_size=4, roi_bins=2, min_background=0.125, init_std=0.01),   # `pooling` stays the run's
+    )
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
         c = self.cfg
         _check_grid(c.grid_size)
         check_int(c.roi_samples, "method_cfg.roi_samples")
+        check_int(c.roi_bins, "method_cfg.roi_bins")
         if not 0 <= c.min_background < 1:
             raise ConfigError(f"method_cfg.min_background={c.min_background!r}: expected a fraction in [0, 1)")
         if not c.init_std > 0: raise ConfigError(f"method_cfg.init_std={c.init_std!r}: expected a positive number")
@@ -199,9 +232,10 @@ class BANAClassifier(Method):
         if self.cfg.pooling == "gap": A = torch.zeros_like(f[:, 0])
         else:
             A = background_attention(f, None, q, valid)
-            if self.cfg.min_background > 0:
-                A = A * ((~inside).float().mean((1, 2)) >= self.cfg.min_background)[:, None, None]
-        r, cls, idx = bap_pool(f, A, boxes, self.stride, self.cfg.roi_samples)
+            if self.cfg.min_background > 0:   # the release's rule: BAP only where bg_mask.mean() > 0.125
+                bg = background_fraction(boxes, batch["image"].shape[-2:])
+                A = A * (bg > self.cfg.min_background).to(A.dtype)[:, None, None]
+        r, cls, idx = bap_pool(f, A, boxes, self.stride, self.cfg.roi_samples, bins=self.cfg.roi_bins)
         W = self.class_weights
         return dict(features=f, inside=inside, queries=q, valid=valid, attention=A, fg_features=r,
                     fg_logits=r @ W.t(), fg_labels=cls, fg_image=idx, bg_logits=q[valid] @ W.t())

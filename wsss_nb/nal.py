@@ -25,13 +25,13 @@ from wsss_nb.core import (
     resize,
 )
 from .data import VOCDataset
-from .heads import ASPP, CosineClassifier, aspp_rates, cosine_logits
+from .heads import ASPP, ASPPV2, CosineClassifier, aspp_rates, cosine_logits
 from .methods import Method, mask_absent
 from .box_pseudo import agreement
 
 # %% auto #0
-__all__ = ['LOSSES', 'reliable_regions', 'class_correlation', 'confidence_map', 'nal_loss', 'read_manifest', 'BANASegmenter',
-           'read_confidence_maps']
+__all__ = ['LOSSES', 'BANA_CRF_V2', 'reliable_regions', 'class_correlation', 'confidence_map', 'nal_loss', 'read_manifest',
+           'BANASegmenter', 'read_confidence_maps']
 
 # %% ../nbs/42_nal.ipynb #34a15dd1
 def reliable_regions(y_crf: torch.Tensor, y_ret: torch.Tensor):
@@ -145,12 +145,27 @@ class BANASegmenter(Method):
         lam: float = 0.1                                  # λ, weight of the ~S term (Eq. 14; supp. Eq. 5, 8)
         tau: float = 20.0                                 # τ, scale of the cosine classifier (supp. Eq. 3)
         classifier: typing.Literal["cosine", "dot"] = "cosine"
-        head: typing.Literal["none", "aspp"] = "none"
-        head_channels: int = 128
+        head: typing.Literal["none", "aspp", "v2"] = "none"  # none: DeepLab-V1 LargeFOV; v2: DeepLab-V2's ASPP
+        head_channels: int = 128                          # aspp, v2 (release's V2: 256)
         dropout: float = 0.1
         bootstrap_power: float = 0.9                      # β_e = (1 - e/E)^power
         detach_sigma: bool = True                         # False: gradient through σ (as the release's code)
         confidence_names: tuple[str, ...] | None = None   # images whose σ is saved each epoch (None: the first)
+
+    # configs/stage3_vgg.yml + stage3_vgg.py (DeepLab-V1 LargeFOV, the release's stage 3): SGD, Caffe's lr_mult 1/2/10
+    # (weights, biases, classifier) and decay_mult 0 on biases, poly 0.9; TEMP 20, DAMP 7, LAMBDA 0.1, nothing detached
+    official: typing.ClassVar[dict] = dict(
+        optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=5e-4, schedule="poly", poly_power=0.9,
+        freeze_bn=False, bias_lr_mult=2.0, bias_decay=False,
+        method_cfg=dict(head="none", tau=20.0, gamma=7.0, lam=0.1, detach_sigma=False),   # loss, classifier: the run's
+    )
+    # configs/stage3_res.yml + models/SegNet.py: DeepLab_ASPP (DeepLab-V2, ResNet-101): LR 2.5e-4 for the backbone,
+    # 10× for the ASPP and the classifier (get_1x/get_10x_lr_params), no biases anywhere, FREEZE_BN False, poly 0.9
+    official_v2: typing.ClassVar[dict] = dict(
+        optimizer="sgd", lr=2.5e-3, lr_backbone=2.5e-4, momentum=0.9, weight_decay=5e-4, schedule="poly",
+        poly_power=0.9, freeze_bn=False, bias_lr_mult=1.0, bias_decay=True,
+        method_cfg=dict(head="v2", head_channels=256, tau=20.0, gamma=7.0, lam=0.1, detach_sigma=False),
+    )
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
@@ -159,9 +174,13 @@ class BANASegmenter(Method):
         if not c.lam >= 0: raise ConfigError(f"method_cfg.lam={c.lam!r}: expected λ ≥ 0")
         if not c.tau > 0: raise ConfigError(f"method_cfg.tau={c.tau!r}: expected a positive scale τ")
         ch = self.backbone.channels["deep"]
+        stride = self.backbone.strides["deep"]
         if c.head == "aspp":
-            self.head = ASPP(ch, c.head_channels, rates=aspp_rates(self.backbone.strides["deep"]), dropout=c.dropout)
+            self.head = ASPP(ch, c.head_channels, rates=aspp_rates(stride), dropout=c.dropout)
             ch = c.head_channels
+        elif c.head == "v2":   # (6, 12, 18, 24) at output stride 8, as DeepLab-V2; the release's bias-free branches
+            v2 = ASPPV2(ch, c.head_channels, rates=aspp_rates(stride, base=(3, 6, 9, 12)), bias=False)
+            self.head, ch = nn.Sequential(v2, nn.ReLU()), c.head_channels
         else: self.head = nn.Identity()
         self.classifier = CosineClassifier(ch, num_classes, scale=c.tau, cosine=c.classifier == "cosine")
         self.total_epochs, self.confidence_dir, self.pseudo_manifest = None, None, None
@@ -261,3 +280,6 @@ def read_confidence_maps(run_dir) -> dict:
     if not root.is_dir(): raise DataError(f"{root}: no confidence maps (not a bana_seg run, or no epoch started yet)")
     return {d.name: {int(p.stem.split("_")[1]): np.load(p) for p in sorted(d.glob("epoch_*.npy"))}
             for d in sorted(root.iterdir()) if d.is_dir()}
+
+# %% ../nbs/42_nal.ipynb #254a3753
+BANA_CRF_V2 = dict(iters=10, bi_compat=4.0, bi_sxy=67.0, bi_srgb=3.0, gauss_compat=3.0, gauss_sxy=1.0)   # DeepLab-V2
