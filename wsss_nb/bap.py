@@ -165,6 +165,7 @@ class BANAClassifier(Method):
     name = "bana_cls"
     @dataclass
     class Config:
+        added_later = ("roi_bins",)                      # options added after runs were stored: unhashed at defaults
         grid_size: int = 4                               # N of the training grid (paper: 4)
         pooling: typing.Literal["bap", "gap"] = "bap"    # "gap": A = 0 (the baseline)
         roi_samples: int = 1                             # bilinear samples per feature cell and axis in a box

@@ -40,7 +40,7 @@ class MethodOutput(typing.TypedDict, total=False):
     queries: torch.Tensor        # bana_cls: B×N²×K background queries (Eq. 1)
     valid: torch.Tensor          # bana_cls: B×N² bool, grid cells with background
     attention: torch.Tensor      # bana_cls: B×h×w background attention A (Eq. 2–3)
-    fg_features: torch.Tensor    # bana_cls: R×K box features (BAP, Eq. 4), one per box of the batch
+    fg_features: torch.Tensor    # bana_cls: R×K box features (BAP, Eq. 4), one per box (per ROI bin) of the batch
     fg_logits: torch.Tensor      # bana_cls: R×(C+1) their class logits
     fg_labels: torch.Tensor      # bana_cls: R box classes (long)
     fg_image: torch.Tensor       # bana_cls: R image index of each box (long)
