@@ -45,7 +45,7 @@ def _seg_batch():
 
 def _check_stage1(cfg):
     "stage1.py: SGD(momentum 0.9) over [weights 1e-3 decay 5e-4, biases 2e-3 no decay, classifier 1e-2 decay 5e-4]."
-    assert (cfg.recipe, cfg.optimizer, cfg.schedule, cfg.freeze_bn) == ("official", "sgd", "constant", False)
+    assert (cfg.recipe, cfg.optimizer, cfg.schedule, cfg.freeze_bn) == ("official", "sgd", "step", False)
     assert (cfg.method_cfg["roi_bins"], cfg.method_cfg["min_background"], cfg.method_cfg["grid_size"]) == (2, .125, 4)
     model, opt = _build(cfg)
     assert type(opt) is torch.optim.SGD
@@ -53,7 +53,7 @@ def _check_stage1(cfg):
     g = {x["name"]: _ids(x["params"]) for x in opt.param_groups}
     assert g["new"] == {id(model.classifier.weight)} and model.classifier.bias is None   # no classifier bias (20×)
     assert g["backbone_bias"] == _ids(n.bias for n in _bns(model))                      # the tiny convs have none
-    assert set_lr(opt, cfg, 90, 100) == 1.0                     # constant (the release: ÷10 at 5/8, see 40_bap)
+    assert [set_lr(opt, cfg, i, 8000) for i in (4999, 5000)] == [1.0, 0.1]   # the release: ÷10 at 5000 of 8000
     model.train()
     assert _bns(model) and all(b.training and b.weight.requires_grad for b in _bns(model))
     before = model.classifier.weight.detach().clone()

@@ -175,9 +175,9 @@ class BANAClassifier(Method):
         roi_bins: int = 1                                # k: k×k bins per box, one feature and logit each (release: 2)
 
     # configs/stage1.yml + stage1.py: SGD, Caffe's lr_mult 1/2/10 (weights, biases, classifier) and decay_mult 0 on
-    # biases; the release divides the lr by 10 at 5000 of 8000 iterations (no such schedule here: constant)
+    # biases; the release divides the lr by 10 at 5000 of 8000 iterations (`MultiStepLR`, MILESTONES [5000])
     official: typing.ClassVar[dict] = dict(
-        optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=5e-4, schedule="constant",
+        optimizer="sgd", lr=1e-2, lr_backbone=1e-3, momentum=0.9, weight_decay=5e-4, schedule="step", lr_steps=(0.625,),
         freeze_bn=False, bias_lr_mult=2.0, bias_decay=False,
         method_cfg=dict(grid_size=4, roi_bins=2, min_background=0.125, init_std=0.01),   # `pooling` stays the run's
     )

@@ -52,8 +52,9 @@ class RunConfig:
     lr_backbone: float | None = None
     momentum: float | None = None     # SGD's
     weight_decay: float | None = None
-    schedule: typing.Literal["constant", "poly"] | None = None
+    schedule: typing.Literal["constant", "poly", "step"] | None = None
     poly_power: float | None = None
+    lr_steps: tuple[float, ...] | None = None   # "step": lr ÷10 at each of these fractions of the run's iterations
     bias_lr_mult: float | None = None  # biases' lr = their group's lr × this
     bias_decay: bool | None = None    # False: no weight decay on biases
     grad_clip: float | None = None
@@ -89,6 +90,9 @@ class RunConfig:
         check_num(self.weight_decay, "weight_decay", 0)
         check_num(self.poly_power, "poly_power", 0)
         check_num(self.bias_lr_mult, "bias_lr_mult", 0, lo_open=True)
+        for s in self.lr_steps: check_num(s, "lr_steps", 0, 1, lo_open=True, hi_open=True)
+        if self.schedule == "step" and not self.lr_steps:
+            raise ConfigError("schedule='step': lr_steps must name at least one fraction of the run, e.g. [0.625]")
         check_num(self.jitter, "jitter", 0, 1)
         if self.grad_clip is not None: check_num(self.grad_clip, "grad_clip", 0, lo_open=True)
         sr = self.scale_range
@@ -113,7 +117,7 @@ class RunConfig:
             if d[k] == to_dict(cls()): d.pop(k)
             else: d[k] = hashed_view(d[k], cls)
         d["method_cfg"] = hashed_view(d["method_cfg"], METHODS[self.method].Config)
-        for k, default in (("recipe", "benchmark"), ("bias_lr_mult", 1.0), ("bias_decay", True)):
+        for k, default in (("recipe", "benchmark"), ("bias_lr_mult", 1.0), ("bias_decay", True), ("lr_steps", ())):
             if d[k] == default: d.pop(k)              # added later: at their defaults no run's folder changed
         fp = data_fingerprint(self.data_root)
         if fp is not None: d["data"] = fp                  # a rebuilt benchmark gets new run folders
@@ -175,7 +179,9 @@ def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
 
 def set_lr(opt, cfg: RunConfig, it: int, total: int) -> float:
     "Apply the schedule at iteration `it` of `total`; returns the factor."
-    f = 1.0 if cfg.schedule == "constant" else (1 - min(it, total - 1) / total) ** cfg.poly_power
+    if cfg.schedule == "constant": f = 1.0
+    elif cfg.schedule == "step": f = 0.1 ** sum(it >= round(s * total) for s in cfg.lr_steps)   # MultiStepLR
+    else: f = (1 - min(it, total - 1) / total) ** cfg.poly_power
     for g in opt.param_groups: g["lr"] = g["base_lr"] * f
     return f
 

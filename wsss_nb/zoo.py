@@ -41,10 +41,12 @@ def build_method(name: str, num_classes: int, cfg: dict | None = None,
     return METHODS[name](num_classes, cfg, backbone)
 
 # %% ../nbs/49_zoo.ipynb #c7315335
-RECIPE_FIELDS = ("optimizer", "lr", "lr_backbone", "momentum", "weight_decay", "schedule", "poly_power", "freeze_bn",
-                 "bias_lr_mult", "bias_decay")   # the run-config fields a recipe sets (unless the run sets them)
+# the run-config fields a recipe sets (unless the run sets them)
+RECIPE_FIELDS = ("optimizer", "lr", "lr_backbone", "momentum", "weight_decay", "schedule", "poly_power", "lr_steps",
+                 "freeze_bn", "bias_lr_mult", "bias_decay")
 BENCHMARK_RECIPE = dict(optimizer="adamw", lr=3e-3, lr_backbone=3e-3, momentum=0.9, weight_decay=1e-4,
-                        schedule="poly", poly_power=0.9, freeze_bn=False, bias_lr_mult=1.0, bias_decay=True)
+                        schedule="poly", poly_power=0.9, lr_steps=(), freeze_bn=False, bias_lr_mult=1.0,
+                        bias_decay=True)
 RECIPES = ("benchmark", "official")
 _REQUIRED = ("optimizer", "lr", "lr_backbone", "weight_decay", "schedule")   # an official recipe names these
 
