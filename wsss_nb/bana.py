@@ -65,6 +65,7 @@ class BanaConfig:
     seg_seed: int | None = None            # stage 3's seed (None: `seed`)
     # evaluation
     eval_protocol: str = "bana"            # the final numbers' protocol (wsss_nb.infer.PROTOCOLS): the release's
+                                           # ("bana": "bana_v2" for a seg_cfg head="v2", as the release scores V2)
     eval_crf: bool = True                  # also score after its dense CRF (Table 3 reports both)
 
     def __post_init__(self):
@@ -147,7 +148,9 @@ def run_bana(cfg=None, **overrides) -> dict:
     c3 = stage3_config(cfg)
     r3 = train(c3)
     rd = Path(r3["run_dir"])
-    how = dict(protocol=cfg.eval_protocol, crf=cfg.eval_crf, split=cfg.val_split, max_images=cfg.max_val_images)
+    name = cfg.eval_protocol                       # the release scores a DeepLab-V2 network with V2's CRF parameters
+    if name == "bana" and c3.method_cfg.get("head") == "v2": name = "bana_v2"
+    how = dict(protocol=name, crf=cfg.eval_crf, split=cfg.val_split, max_images=cfg.max_val_images)
     if (rd/"bana.json").is_file():
         done = json.loads((rd/"bana.json").read_text())
         if done.get("evaluation") == how: return done                  # else: evaluated another way, score again
@@ -155,10 +158,10 @@ def run_bana(cfg=None, **overrides) -> dict:
     model.setup_training(c3, rd)
     model.save_confidence(c3.epochs)  # the state after the last epoch
     kw = dict(data_root=cfg.data_root, max_images=cfg.max_val_images, progress=cfg.progress)
-    res = dict(mIoU=evaluate(model, cfg.val_split, protocol(cfg.eval_protocol, crf=False), **kw)["mIoU"],
+    res = dict(mIoU=evaluate(model, cfg.val_split, protocol(name, crf=False), **kw)["mIoU"],
                mIoU_single=r3["final"]["mIoU"])
     if cfg.eval_crf:
-        res["mIoU_crf"] = evaluate(model, cfg.val_split, protocol(cfg.eval_protocol, crf=True), **kw)["mIoU"]
+        res["mIoU_crf"] = evaluate(model, cfg.val_split, protocol(name, crf=True), **kw)["mIoU"]
     q = man.get("quality") or {}
     quality = {k: {m: q[k][m] for m in ("mIoU", "coverage")} for k in ("Ycrf", "Yret", "Ycrf & Yret") if k in q}
     summary = dict(config=to_dict(cfg), stage1=str(run_dir(stage1_config(cfg))), pseudo_dir=str(pdir), stage3=str(rd),

@@ -22,7 +22,7 @@ from .zoo import build_method
 from .train import run_config, load_checkpoint, data_fingerprint
 
 # %% auto #0
-__all__ = ['SSSS_CRF', 'HFPL_CRF', 'BANA_CRF', 'PROTOCOLS', 'InferConfig', 'predict_image', 'to_uint8', 'protocol',
+__all__ = ['SSSS_CRF', 'HFPL_CRF', 'BANA_CRF', 'BANA_CRF_V2', 'PROTOCOLS', 'InferConfig', 'predict_image', 'to_uint8', 'protocol',
            'describe_protocol', 'load_run', 'check_export', 'evaluate']
 
 # %% ../nbs/51_infer.ipynb #322432c7
@@ -91,6 +91,7 @@ def to_uint8(image_raw: torch.Tensor) -> np.ndarray:
 SSSS_CRF = dict(iters=10, bi_compat=10.0, bi_sxy=80.0, bi_srgb=13.0, gauss_compat=3.0, gauss_sxy=3.0)
 HFPL_CRF = dict(iters=1, bi_compat=10.0, bi_sxy=32.0, bi_srgb=13.0, gauss_compat=3.0, gauss_sxy=3.0)
 BANA_CRF = dict(iters=10, bi_compat=4.0, bi_sxy=121.0, bi_srgb=5.0, gauss_compat=3.0, gauss_sxy=3.0)  # DeepLab-V1
+BANA_CRF_V2 = dict(iters=10, bi_compat=4.0, bi_sxy=67.0, bi_srgb=3.0, gauss_compat=3.0, gauss_sxy=1.0)   # DeepLab-V2
 
 PROTOCOLS = {   # name → (where it comes from, the InferConfig fields it sets)
     "single": ("the trainer's single-scale validation", dict(crf_params=SSSS_CRF)),
@@ -102,6 +103,8 @@ PROTOCOLS = {   # name → (where it comes from, the InferConfig fields it sets)
                   crf_params=HFPL_CRF, contour_protocol="hfpl")),
     "bana": ("BANA test.py, configs/stage3_vgg.yml",
              dict(scales=(1.0, 0.5, 0.75, 1.5), flip=True, average="logits", crf=True, crf_params=BANA_CRF)),
+    "bana_v2": ("BANA test.py, configs/stage3_res.yml (DeepLab-V2: bana_seg with head='v2')",
+                dict(scales=(1.0, 0.5, 0.75, 1.5), flip=True, average="logits", crf=True, crf_params=BANA_CRF_V2)),
 }
 
 def _preset(name, overrides: dict) -> InferConfig:

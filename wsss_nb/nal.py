@@ -30,8 +30,8 @@ from .methods import Method, mask_absent
 from .box_pseudo import agreement
 
 # %% auto #0
-__all__ = ['LOSSES', 'BANA_CRF_V2', 'reliable_regions', 'class_correlation', 'confidence_map', 'nal_loss', 'read_manifest',
-           'BANASegmenter', 'read_confidence_maps']
+__all__ = ['LOSSES', 'reliable_regions', 'class_correlation', 'confidence_map', 'nal_loss', 'read_manifest', 'BANASegmenter',
+           'read_confidence_maps']
 
 # %% ../nbs/42_nal.ipynb #34a15dd1
 def reliable_regions(y_crf: torch.Tensor, y_ret: torch.Tensor):
@@ -280,6 +280,3 @@ def read_confidence_maps(run_dir) -> dict:
     if not root.is_dir(): raise DataError(f"{root}: no confidence maps (not a bana_seg run, or no epoch started yet)")
     return {d.name: {int(p.stem.split("_")[1]): np.load(p) for p in sorted(d.glob("epoch_*.npy"))}
             for d in sorted(root.iterdir()) if d.is_dir()}
-
-# %% ../nbs/42_nal.ipynb #254a3753
-BANA_CRF_V2 = dict(iters=10, bi_compat=4.0, bi_sxy=67.0, bi_srgb=3.0, gauss_compat=3.0, gauss_sxy=1.0)   # DeepLab-V2
