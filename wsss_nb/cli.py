@@ -154,7 +154,7 @@ def _infer_args(p):
     p.add_argument("--split", default="val")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--protocol", default="single", metavar="NAME",
-                   help="a paper's evaluation protocol: single (default), ssss, shape, hfpl or bana "
+                   help="a paper's evaluation protocol: single (default), ssss, shape, hfpl, bana or bana_v2 "
                    "(wsss_nb.infer.PROTOCOLS); the flags below, when given, override its fields")
     o = dict(default=argparse.SUPPRESS)       # not given: the protocol's value
     p.add_argument("--scales", type=float, nargs="+", help="e.g. 1 0.5 1.5 2 (SSSS)", **o)
