@@ -169,6 +169,20 @@ def test_bench_rejects_zero_repeats():
     one_line_error(run("bench", "pamr", "--repeats", "0"), "repeats=0: expected a positive integer")
 
 
+def test_bench_train_writes_its_result_as_json(tmp_path):
+    root = tmp_path / "bench"
+    assert run("make-data", "--root", str(root), "--n-train", "8", "--n-val", "2", "--size", "48").returncode == 0
+    out = tmp_path / "train.json"
+    r = run("bench", "train", "--methods", "cam", "--steps", "1", "--warmup", "0", "--batch", "4", "--crop", "32",
+            "--data-root", str(root), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    j = json.loads(out.read_text())
+    cam = j["methods"]["cam"]
+    assert list(j["methods"]) == ["cam"] and cam["step_ms"] > 0 and cam["predict_ms"] > 0 and cam["peak_mib"] >= 0
+    assert cam["step_x_cam"] == 1 and j["data_loading"]["loader_ms"] > 0 and "| cam |" in r.stdout
+    one_line_error(run("bench", "train", "--data-root", str(tmp_path / "none")), "wsss-nb make-data")
+
+
 def test_make_data_keeps_a_folder_with_an_unreadable_description(tmp_path):
     root = tmp_path / "mine"
     root.mkdir()

@@ -4,23 +4,36 @@
 
 # %% ../nbs/65_bench.ipynb #66ca6747
 from __future__ import annotations
-import json, os, resource, statistics, subprocess, sys, time
+import json, os, resource, statistics, subprocess, sys, tempfile, time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import wsss_nb
-from .core import ConfigError, get_device, check_int, check_num, resize
+from .core import ConfigError, DataError, get_device, check_int, check_num, resize, seed_everything, to_dict
 from .pamr import PAMR, pamr_reference, check_dilations
 from .hfpl import feature_similarity_loss, fsl_gate
+from .data import VOCDataset, collate
+from .box_pseudo import export_pseudo_labels
+from .zoo import METHODS, build_method
+from .train import RunConfig, run_config, make_optimizer, make_datasets, setup_training, to_device, train_step
 
 # %% auto #0
-__all__ = ['time_call', 'torch_threads', 'bench_pamr', 'bench_fsl']
+__all__ = ['time_call', 'torch_threads', 'bench_pamr', 'bench_fsl', 'bench_train']
 
 # %% ../nbs/65_bench.ipynb #866a5841
 def _sync(device):
     if device is not None and torch.device(device).type == "cuda": torch.cuda.synchronize(device)
+
+def _timed(fn, device=None) -> tuple[float, object]:
+    "Wall time (s) of one call `fn()`, the device synchronised before and after it; and its result."
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t, out
 
 def time_call(fn, repeats: int = 5, warmup: int = 1, device=None) -> tuple[float, object]:
     "Median wall time (s) of `fn()` over `repeats` calls after `warmup` calls, under no_grad; and the last result."
@@ -29,11 +42,8 @@ def time_call(fn, repeats: int = 5, warmup: int = 1, device=None) -> tuple[float
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
-            _sync(device)
-            t = time.perf_counter()
-            out = fn()
-            _sync(device)
-            if i >= warmup: times.append(time.perf_counter() - t)
+            t, out = _timed(fn, device)
+            if i >= warmup: times.append(t)
     return statistics.median(times), out
 
 @contextmanager
@@ -102,6 +112,20 @@ def _reset_peak_rss() -> bool:
     except OSError:
         return False
 
+def _peak_call(fn, device) -> tuple[float, object, int, str]:
+    "One call `fn()`: its seconds, its result, the peak memory (bytes) above what was in use before, and how measured."
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base, how = torch.cuda.memory_allocated(device), "cuda max_memory_allocated"
+    elif _reset_peak_rss(): base, how = _status_kib("VmRSS") * 1024, "peak RSS (VmHWM, reset)"
+    else: base, how = None, "ru_maxrss (not resettable)"
+    seconds, out = _timed(fn, device)
+    if device.type == "cuda": peak = torch.cuda.max_memory_allocated(device) - base
+    elif base is not None: peak = _status_kib("VmHWM") * 1024 - base
+    else: peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return seconds, out, int(peak), how
+
 # %% ../nbs/65_bench.ipynb #d1268a9e
 def _fsl_child(spec: dict) -> dict:
     "In a fresh process: one FSL forward + backward for its peak memory, then the median time of `repeats` calls."
@@ -116,39 +140,21 @@ def _fsl_child(spec: dict) -> dict:
         return float(loss), float(cam.grad.norm())
     with torch_threads(spec["threads"]):
         step(image[:1, :, :8, :8].contiguous(), cam[:1, :, :8, :8].detach().clone().requires_grad_(True))   # lazy init
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            how = "cuda max_memory_allocated"
-        elif _reset_peak_rss():
-            base = _status_kib("VmRSS") * 1024
-            how = "peak RSS (VmHWM, reset)"
-        else:
-            base = None
-            how = "ru_maxrss (not resettable)"
-        _sync(device)
-        t = time.perf_counter()
-        loss, gnorm = step()
-        _sync(device)
-        first = time.perf_counter() - t
-        if device.type == "cuda": peak = torch.cuda.max_memory_allocated(device) - base
-        elif base is not None: peak = _status_kib("VmHWM") * 1024 - base
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        first, (loss, gnorm), peak, how = _peak_call(step, device)
         times = [first] + [time_call(step, 1, 0, device)[0] for _ in range(spec["repeats"] - 1)]
     return dict(seconds=statistics.median(times), peak_bytes=int(peak), memory=how, loss=loss, grad_norm=gnorm,
                 threads=torch.get_num_threads() if spec["threads"] is None else spec["threads"])
 
 # %% ../nbs/65_bench.ipynb #035534f9
-def _run_child(spec: dict, timeout: float) -> dict:
+def _run_child(spec: dict, timeout: float, child: str = "_fsl_child", env: dict | None = None) -> dict:
+    "`wsss_nb.bench.<child>(spec)` in a fresh Python process (its own peak memory), `env` added; the json it prints."
     root = str(Path(wsss_nb.__file__).resolve().parent.parent)         # the child imports this same package
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    code = ("import json, sys; from wsss_nb.bench import _fsl_child; "
-            "print(json.dumps(_fsl_child(json.loads(sys.argv[1]))))")
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    code = (f"import json, sys; from wsss_nb.bench import {child}; "
+            f"print(json.dumps({child}(json.loads(sys.argv[1]))))")
     p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env,
                        timeout=timeout)
-    if p.returncode != 0: raise RuntimeError(f"bench_fsl child failed ({spec}):\n{p.stderr[-2000:]}")
+    if p.returncode != 0: raise RuntimeError(f"bench child {child} failed ({spec}):\n{p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 # %% ../nbs/65_bench.ipynb #c49547d8
@@ -188,4 +194,188 @@ def bench_fsl(batch: int = 8, classes: int = 21, sizes=(56, 112), present: int |
                              pixels=(sizes[-1] / sizes[0]) ** 2)
         print(f"{sizes[0]}→{sizes[-1]} ({res['growth']['pixels']:.0f}× the pixels): "
               f"dense time ×{res['growth']['dense']:.1f}, windowed time ×{res['growth']['windowed']:.1f}")
+    return res
+
+# %% ../nbs/65_bench.ipynb #0b967efb
+def _bench_configs(methods, data_root, batch=None, crop=None, overrides=None) -> dict[str, RunConfig]:
+    "Each method's default RunConfig on `data_root`, with `batch`/`crop` (when given) and `overrides` over it."
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    if not methods: raise ConfigError(f"methods: expected at least one of {sorted(METHODS)}")
+    for m in methods:
+        if m not in METHODS: raise ConfigError(f"methods: unknown method {m!r}; known: {sorted(METHODS)}")
+    if len(set(methods)) < len(methods): raise ConfigError(f"methods={methods}: a method is named twice")
+    given = dict(overrides or {})
+    own = sorted({"method", "data_root"} & set(given))
+    if own: raise ConfigError(f"overrides: {own} are set by bench_train's own arguments")
+    if batch is not None: given["batch_size"] = batch
+    if crop is not None: given["crop"] = crop
+    root = Path(data_root).expanduser().absolute()
+    if not (root/"ImageSets").is_dir():
+        raise DataError(f"{root}: no benchmark there; build it with `wsss-nb make-data --root {root}`")
+    return {m: run_config(dict(method=m, data_root=str(root)), **given) for m in methods}
+
+# %% ../nbs/65_bench.ipynb #a913ebe2
+def _stage2_labels(cfg: RunConfig, out: Path) -> Path:
+    "Ycrf/Yret of `cfg`'s first `max_train_images` training images from an untrained `bana_cls` (stage 2's export)."
+    ds = VOCDataset(cfg.data_root, cfg.train_split, max_images=cfg.max_train_images)
+    seed_everything(cfg.seed)
+    stage1 = build_method("bana_cls", ds.num_classes, None, cfg.backbone_cfg).eval()
+    export_pseudo_labels(stage1, ds, out, progress=False)
+    return out
+
+def _timing_config(cfg: RunConfig, n_batches: int, work: Path) -> RunConfig:
+    "`cfg` reading only the images the benchmark loads; `bana_seg` without a `pseudo_dir` gets one made here."
+    cut = lambda have, n: n if have is None else min(have, n)
+    cfg = run_config(cfg, max_train_images=cut(cfg.max_train_images, n_batches * cfg.batch_size),
+                     max_val_images=cut(cfg.max_val_images, n_batches))
+    if cfg.method == "bana_seg" and not cfg.method_cfg.get("pseudo_dir"):
+        cfg = run_config(cfg, **{"method_cfg.pseudo_dir": str(_stage2_labels(cfg, work/"pseudo"))})
+    return cfg
+
+# %% ../nbs/65_bench.ipynb #ea81a0e1
+def _train_state(cfg: RunConfig, work: Path, device) -> dict:
+    "Model, optimiser, pre-loaded training batches and val images of `cfg`'s run, built as the trainer builds them."
+    seed_everything(cfg.seed)
+    classes = VOCDataset(cfg.data_root, cfg.val_split, max_images=1).num_classes
+    model = build_method(cfg.method, classes, cfg.method_cfg, cfg.backbone_cfg).to(device)
+    tr, va = make_datasets(cfg, setup_training(model, cfg, work/cfg.method))
+    opt, b = make_optimizer(model, cfg), cfg.batch_size
+    if len(tr) < b: raise DataError(f"{tr.root}: {len(tr)} training images, fewer than batch_size={b}")
+    batches = [to_device(collate([tr[i * b + j] for j in range(b)]), device) for i in range(len(tr) // b)]
+    images = [va[i]["image"][None].to(device) for i in range(len(va))]
+    return dict(cfg=cfg, model=model.train(), opt=opt, batches=batches, images=images, epoch=cfg.epochs - 1)
+
+# %% ../nbs/65_bench.ipynb #b365f614
+def _time_rounds(states: dict, steps: int, warmup: int, device) -> dict:
+    "Interleaved: each round times one training step and one `predict` of every method in turn; seconds per method."
+    names, times = list(states), {m: dict(step=[], predict=[]) for m in states}
+    for r in tqdm(range(warmup + steps), desc="bench train", leave=False):
+        for m in names[r % len(names):] + names[:r % len(names)]:      # rotated: no method is always first
+            s = states[m]
+            batch, image = s["batches"][r % len(s["batches"])], s["images"][r % len(s["images"])]
+            t_step, _ = _timed(lambda: train_step(s["model"], s["opt"], batch, s["cfg"], s["epoch"], r), device)
+            s["model"].eval()
+            with torch.no_grad(): t_pred, _ = _timed(lambda: s["model"].predict(image), device)
+            s["model"].train()
+            if r >= warmup:
+                times[m]["step"].append(t_step)
+                times[m]["predict"].append(t_pred)
+    return times
+
+# %% ../nbs/65_bench.ipynb #0dfdeccf
+_LIVE_RSS = {"MALLOC_MMAP_THRESHOLD_": "65536"}     # glibc: freed buffers > 64 KiB leave the resident set
+
+def _step_memory(state: dict, device) -> dict:
+    "Peak memory (MiB) of one training step above what is in use before it, after a warm-up step; and how measured."
+    s = state
+    step = lambda: train_step(s["model"], s["opt"], s["batches"][0], s["cfg"], s["epoch"])
+    step()
+    _, _, peak, how = _peak_call(step, device)
+    return dict(peak_mib=peak / 2**20, memory=how)
+
+def _train_child(spec: dict) -> dict:
+    "In a fresh process: `_step_memory` of the run `spec['config']` (a RunConfig as a dict)."
+    device = get_device(spec["device"])
+    with torch_threads(spec["threads"]):
+        cfg = run_config(spec["config"], max_train_images=spec["config"]["batch_size"], max_val_images=1)
+        return _step_memory(_train_state(cfg, Path(spec["work"]), device), device)
+
+def _method_memory(state: dict, device, threads, work: Path, timeout: float) -> dict:
+    "`_step_memory` of a method: in this process on CUDA, in a fresh child process on the CPU."
+    if device.type == "cuda": return _step_memory(state, device)
+    spec = dict(config=to_dict(state["cfg"]), device=str(device), threads=threads, work=str(work))
+    return _run_child(spec, timeout, "_train_child", _LIVE_RSS)
+
+# %% ../nbs/65_bench.ipynb #afc6d677
+def _cycle(loader):
+    "Batches of `loader` forever, epoch after epoch (a new epoch starts its workers anew, as in training)."
+    while True: yield from loader
+
+def _loader_bench(cfg: RunConfig, state: dict, steps: int, warmup: int, device, work: Path) -> dict:
+    "ms per batch of the run's training DataLoader alone, and per training step with and without loading."
+    tr, _ = make_datasets(cfg, setup_training(state["model"], cfg, work/"loader"))
+    seed_everything(cfg.seed)
+    loader = torch.utils.data.DataLoader(tr, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+                                         drop_last=len(tr) >= cfg.batch_size, num_workers=cfg.num_workers)
+    model, opt, epoch, pre = state["model"], state["opt"], state["epoch"], state["batches"]
+    median = lambda ts: 1e3 * statistics.median(ts[warmup:])
+    it = _cycle(loader)
+    alone = [_timed(lambda: next(it))[0] for _ in range(warmup + steps)]
+    it, loaded, plain = _cycle(loader), [], []
+    for r in range(warmup + steps):                   # interleaved, as the methods above
+        loaded.append(_timed(lambda: train_step(model, opt, to_device(next(it), device), cfg, epoch, r), device)[0])
+        plain.append(_timed(lambda: train_step(model, opt, pre[r % len(pre)], cfg, epoch, r), device)[0])
+    return dict(method=cfg.method, num_workers=cfg.num_workers, batch=cfg.batch_size, loader_ms=median(alone),
+                step_with_loading_ms=median(loaded), step_without_loading_ms=median(plain),
+                loading_overhead_ms=median(loaded) - median(plain))
+
+# %% ../nbs/65_bench.ipynb #e31a4810
+def _machine(device, threads: int) -> dict:
+    "Device, threads, torch version, CPU model and native bf16 support (None: unknown) of this machine."
+    cpu, flags = None, None
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+        flags = set(next((ln.split(":", 1)[1] for ln in lines if ln.startswith("flags")), "").split())
+    except OSError: pass
+    cuda = device.type == "cuda"
+    bf16 = torch.cuda.is_bf16_supported() if cuda else bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None
+    return dict(device=str(device), gpu=torch.cuda.get_device_name(device) if cuda else None, threads=threads,
+                torch=torch.__version__, cpu=cpu, cores=os.cpu_count(), bf16=bf16)
+
+# %% ../nbs/65_bench.ipynb #7bb51c2c
+def _train_table(rows: dict) -> str:
+    "The markdown table of `bench_train`'s per-method results."
+    f = lambda v, fmt: "–" if v is None else format(v, fmt)
+    out = ["| method | ms/step | img/s | ms/predict | peak MiB | step × cam | predict × cam |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for m, r in rows.items():
+        out.append(f"| {m} | {r['step_ms']:.1f} | {r['images_per_s']:.1f} | {r['predict_ms']:.1f} | "
+                   f"{f(r['peak_mib'], '.0f')} | {f(r['step_x_cam'], '.2f')} | {f(r['predict_x_cam'], '.2f')} |")
+    return "\n".join(out)
+
+# %% ../nbs/65_bench.ipynb #20aaaf13
+def bench_train(methods=("cam", "ssss", "shape", "bana_cls", "bana_seg", "full"), steps: int = 5, warmup: int = 2,
+                batch: int | None = None, crop: int | None = None, data_root="data/synthetic", device=None,
+                threads: int | None = None, overrides: dict | None = None, memory: bool = True,
+                timeout: float = 1800) -> dict:
+    "Training step, predict and peak memory of each method at its default config, interleaved; print and return them."
+    steps, warmup = check_int(steps, "steps"), check_int(warmup, "warmup", 0)
+    cfgs, device = _bench_configs(methods, data_root, batch, crop, overrides), get_device(device)
+    with torch_threads(threads) as n_threads, tempfile.TemporaryDirectory(prefix="wsss-bench-") as work:
+        work = Path(work)
+        tcfgs = {m: _timing_config(c, warmup + steps, work) for m, c in cfgs.items()}
+        states = {m: _train_state(c, work, device) for m, c in tcfgs.items()}
+        times = _time_rounds(states, steps, warmup, device)
+        mem = {m: _method_memory(s, device, threads, work, timeout) if memory else dict(peak_mib=None, memory=None)
+               for m, s in states.items()}
+        loading = _loader_bench(cfgs["cam"], states["cam"], steps, warmup, device, work) if "cam" in cfgs else None
+    return _train_result(cfgs, times, mem, loading, _machine(device, n_threads), steps, warmup)
+
+# %% ../nbs/65_bench.ipynb #7668fb3a
+def _train_result(cfgs, times, mem, loading, machine, steps, warmup) -> dict:
+    "`bench_train`'s result (medians in ms, ratios to `cam`), with its table printed and a line of machine facts."
+    rows = {}
+    for m, c in cfgs.items():
+        step, pred = 1e3 * statistics.median(times[m]["step"]), 1e3 * statistics.median(times[m]["predict"])
+        rows[m] = dict(batch=c.batch_size, crop=c.crop, epoch=c.epochs - 1, step_ms=step,
+                       images_per_s=1e3 * c.batch_size / step, predict_ms=pred, **mem[m],
+                       step_ms_all=[1e3 * t for t in times[m]["step"]],
+                       predict_ms_all=[1e3 * t for t in times[m]["predict"]])
+    for m, r in rows.items():
+        cam = rows.get("cam")
+        r["step_x_cam"] = r["step_ms"] / cam["step_ms"] if cam else None
+        r["predict_x_cam"] = r["predict_ms"] / cam["predict_ms"] if cam else None
+    res = dict(machine=machine, steps=steps, warmup=warmup, methods=rows, data_loading=loading,
+               table=_train_table(rows))
+    print(res["table"])
+    m = machine
+    print(f"\n{m['device']}{' (' + m['gpu'] + ')' if m['gpu'] else ''}, {m['threads']} threads, torch {m['torch']}, "
+          f"CPU {m['cpu']} ({m['cores']} cores), native bf16: {m['bf16']}; median of {steps} steps after {warmup}, "
+          f"methods interleaved")
+    if loading:
+        d = loading
+        print(f"data loading ({d['method']}, batch {d['batch']}, num_workers={d['num_workers']}): loader alone "
+              f"{d['loader_ms']:.1f} ms/batch; step with loading {d['step_with_loading_ms']:.1f} ms, without "
+              f"{d['step_without_loading_ms']:.1f} ms")
     return res

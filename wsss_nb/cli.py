@@ -71,10 +71,19 @@ def cmd_eval(args, export=None) -> int:
 
 # %% ../nbs/80_cli.ipynb #38466d14
 def cmd_bench(args) -> int:
-    "Run a named benchmark of `wsss_nb.bench` (it prints its own summary line)."
+    "Run `wsss_nb.bench.bench_<name>` with the options given (it prints its own summary); `--json` saves its result."
+    import inspect
     import wsss_nb.bench as bench
+    from wsss_nb.core import atomic_write_json
     fn = getattr(bench, f"bench_{args.name}")
-    fn(**({"repeats": args.repeats} if args.repeats is not None else {}))
+    kw = {k: v for k, v in vars(args).items() if k not in ("command", "func", "name", "json")}   # given ones only
+    if "overrides" in kw: kw["overrides"] = _key_values(kw["overrides"])
+    for k in kw:
+        if k not in inspect.signature(fn).parameters:
+            flag = {"overrides": "--set", "memory": "--no-memory"}.get(k, "--" + k.replace("_", "-"))
+            raise ConfigError(f"{flag}: not an option of `bench {args.name}`")
+    res = fn(**kw)
+    if args.json: print(f"result written to {atomic_write_json(args.json, res)}")
     return 0
 
 # %% ../nbs/80_cli.ipynb #2cee29c9
@@ -190,9 +199,25 @@ def _add_infer(sub):
 
 # %% ../nbs/80_cli.ipynb #d37e4b7f
 def _add_bench(sub):
-    bn = sub.add_parser("bench", help="run a speed benchmark", description="Speed benchmarks (notebook 65_bench).")
-    bn.add_argument("name", choices=["pamr", "fsl"], help="what to benchmark")
-    bn.add_argument("--repeats", type=int, default=None, help="timed repeats (median reported)")
+    bn = sub.add_parser("bench", help="run a speed benchmark", description="Speed benchmarks (notebook 65_bench): "
+                        "pamr and fsl against their reference implementations; train: each method's training step, "
+                        "predict and peak memory at its default config. An option not given keeps the default.")
+    bn.add_argument("name", choices=["pamr", "fsl", "train"], help="what to benchmark")
+    o = dict(default=argparse.SUPPRESS)       # not given: the benchmark function's default
+    bn.add_argument("--repeats", type=int, help="pamr, fsl: timed repeats (median reported)", **o)
+    bn.add_argument("--device", help="cpu, cuda, cuda:N (default: CUDA when present)", **o)
+    bn.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)", **o)
+    bn.add_argument("--methods", nargs="+", metavar="M", help="train: methods (default: all six)", **o)
+    bn.add_argument("--steps", type=int, help="train: timed rounds, median reported (default 5)", **o)
+    bn.add_argument("--warmup", type=int, help="train: untimed rounds first (default 2)", **o)
+    bn.add_argument("--batch", type=int, help="batch size (train: default each run config's batch_size)", **o)
+    bn.add_argument("--crop", type=int, help="train: crop (default each run config's)", **o)
+    bn.add_argument("--data-root", help="train: benchmark folder (default data/synthetic)", **o)
+    bn.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                    help="train: a RunConfig field for every method (repeatable), e.g. output_stride=8", **o)
+    bn.add_argument("--no-memory", dest="memory", action="store_false",
+                    help="train: skip the peak memory (one child process per method on the CPU)", **o)
+    bn.add_argument("--json", default=None, metavar="PATH", help="also write the result as json (atomically)")
     bn.set_defaults(func=cmd_bench)
 
 # %% ../nbs/80_cli.ipynb #bd14e26f
