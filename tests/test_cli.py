@@ -215,3 +215,19 @@ def test_out_of_memory_is_one_line(trained, tmp_path):
     r = run("train", *sets(*TINY, f"data_root={trained[0] / 'bench'}", "crop=1000000", f"out_dir={tmp_path}"))
     one_line_error(r, "out of memory")
     assert not any(tmp_path.iterdir())
+
+
+def test_train_with_the_release_recipe(trained, tmp_path):
+    "issue 16: `--set recipe=official` trains with the method's release recipe; a method without one is a clear error."
+    home, _, _ = trained
+    small = ["crop=48", "batch_size=2", "epochs=1", "device=cpu", "progress=false", "max_train_images=4",
+             "max_val_images=2", f"data_root={home / 'bench'}", f"out_dir={tmp_path}"]
+    r = run("train", *sets("method=cam", "recipe=official", *small))
+    assert r.returncode == 0, r.stderr
+    (rd,) = tmp_path.iterdir()
+    c = json.loads((rd / "config.json").read_text())
+    assert (c["recipe"], c["optimizer"], c["lr"], c["lr_backbone"], c["weight_decay"], c["schedule"]) == (
+        "official", "sgd", 0.01, 0.001, 0.0005, "constant")
+    assert (c["bias_lr_mult"], c["bias_decay"], c["freeze_bn"], c["method_cfg"]) == (
+        2.0, False, True, {"bg_score": 0.1, "label_threshold": 0.5, "dropout": 0.5})
+    one_line_error(run("train", *sets("method=full", "recipe=official", *small)), "has no release recipe")
