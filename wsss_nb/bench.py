@@ -370,9 +370,9 @@ def _train_result(cfgs, times, mem, loading, machine, steps, warmup) -> dict:
                table=_train_table(rows))
     print(res["table"])
     m = machine
-    print(f"\n{m['device']}{' (' + m['gpu'] + ')' if m['gpu'] else ''}, {m['threads']} threads, torch {m['torch']}, "
-          f"CPU {m['cpu']} ({m['cores']} cores), native bf16: {m['bf16']}; median of {steps} steps after {warmup}, "
-          f"methods interleaved")
+    print(f"\n{m['device']}{' (' + m['gpu'] + ')' if m['gpu'] else ''}, threads={m['threads']}, torch {m['torch']}, "
+          f"CPU {m['cpu']} ({m['cores']} cores), native bf16: {m['bf16']}; medians of steps={steps} after "
+          f"warmup={warmup}, methods interleaved")
     if loading:
         d = loading
         print(f"data loading ({d['method']}, batch {d['batch']}, num_workers={d['num_workers']}): loader alone "
