@@ -291,5 +291,5 @@ def config_hash(cfg, n: int = 10) -> str:
 def hashed_view(d: dict, cls) -> dict:
     "`d` (a dict of `cls`'s fields) without the `added_later` fields of `cls` and its bases that hold their defaults."
     later = {f for k in getattr(cls, "__mro__", ()) for f in vars(k).get("added_later", ())}
-    defaults = {f.name: to_dict(cls()).get(f.name) for f in dataclasses.fields(cls) if f.name in later} if later else {}
+    defaults = {k: v for k, v in to_dict(cls()).items() if k in later} if later else {}
     return {k: v for k, v in d.items() if not (k in defaults and v == defaults[k])}

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from .core import ConfigError, DataError, check_int, check_num, check_shape, check_labels, resize
 
 # %% auto #0
-__all__ = ['conv_bn_relu', 'aspp_rates', 'ASPP', 'ASPPV2', 'DeepLabV3PlusDecoder', 'CAMHead', 'normalize_cams', 'cams_to_probs',
-           'cosine_logits', 'CosineClassifier']
+__all__ = ['conv_bn_relu', 'aspp_rates', 'check_rates', 'ASPP', 'ASPPV2', 'DeepLabV3PlusDecoder', 'CAMHead', 'normalize_cams',
+           'cams_to_probs', 'cosine_logits', 'CosineClassifier']
 
 # %% ../nbs/06_heads.ipynb #5e619e0b
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -34,6 +34,13 @@ def aspp_rates(output_stride: int = 16, base=(6, 12, 18)) -> tuple[int, ...]:
                           "positive integers (expected a stride such as 4, 8, 16 or 32)")
     return tuple(int(r) for r in rates)
 
+def check_rates(rates) -> tuple[int, ...]:
+    "`rates` as a tuple, checked: a non-empty sequence of positive integer dilation rates."
+    if (not isinstance(rates, (tuple, list)) or not rates
+            or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
+        raise ConfigError(f"rates={rates!r}: expected a non-empty sequence of positive integer dilation rates")
+    return tuple(rates)
+
 # %% ../nbs/06_heads.ipynb #0a62a5e8
 class ASPP(nn.Module):
     """DeepLabv3 ASPP: 1×1, three dilated 3×3 and an image-pooling branch, concatenated and projected to `out_channels`:
@@ -42,9 +49,7 @@ class ASPP(nn.Module):
         super().__init__()
         check_int(in_channels, "in_channels")
         check_int(out_channels, "out_channels")
-        if (not isinstance(rates, (tuple, list)) or not rates
-                or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
-            raise ConfigError(f"rates={rates!r}: expected a non-empty sequence of positive integer dilation rates")
+        check_rates(rates)
         check_num(dropout, "dropout", 0, 1, hi_open=True)
         self.in_channels, self.out_channels, self.rates = in_channels, out_channels, tuple(rates)
         self.branches = nn.ModuleList([conv_bn_relu(in_channels, out_channels, 1)] +
@@ -74,9 +79,7 @@ class ASPPV2(nn.Module):
         super().__init__()
         check_int(in_channels, "in_channels")
         check_int(out_channels, "out_channels")
-        if (not isinstance(rates, (tuple, list)) or not rates
-                or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates)):
-            raise ConfigError(f"rates={rates!r}: expected a non-empty sequence of positive integer dilation rates")
+        check_rates(rates)
         check_num(init_std, "init_std", 0, lo_open=True)
         self.in_channels, self.out_channels, self.rates = in_channels, out_channels, tuple(rates)
         self.branches = nn.ModuleList(

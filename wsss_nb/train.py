@@ -29,6 +29,7 @@ _UNHASHED = ("out_dir", "device", "log_interval", "num_workers", "progress")   #
 @dataclass
 class RunConfig:
     "Everything one training run depends on."
+    added_later = ("recipe", "lr_steps", "bias_lr_mult", "bias_decay")   # out of the hash at their defaults
     method: str = "cam"
     method_cfg: dict = field(default_factory=dict)
     recipe: typing.Literal["benchmark", "official"] = "benchmark"   # what the None fields below are filled from
@@ -117,8 +118,7 @@ class RunConfig:
             if d[k] == to_dict(cls()): d.pop(k)
             else: d[k] = hashed_view(d[k], cls)
         d["method_cfg"] = hashed_view(d["method_cfg"], METHODS[self.method].Config)
-        for k, default in (("recipe", "benchmark"), ("bias_lr_mult", 1.0), ("bias_decay", True), ("lr_steps", ())):
-            if d[k] == default: d.pop(k)              # added later: at their defaults no run's folder changed
+        d = hashed_view(d, RunConfig)                 # fields added later: at their defaults no run's folder changed
         fp = data_fingerprint(self.data_root)
         if fp is not None: d["data"] = fp                  # a rebuilt benchmark gets new run folders
         return config_hash(d)
