@@ -134,7 +134,8 @@ def test_build_method_from_a_bare_import():
 
 # the default method configs as they were before the nGWP base (issue 15): run configs and their hashes rest on them;
 # issue 16 changed one on purpose: PAMR/SPR refine on the stride-4 grid by default (`pamr_resolution="features"`, as
-# SSSS's `run_pamr`), a field ssss and shape now share (shape's `spr_resolution` was its name there)
+# SSSS's `run_pamr`), a field ssss and shape now share (shape's `spr_resolution` was its name there); issue 17 another:
+# the DeepLab heads' widths default to None, the backbone's `head_width` (32 on tiny, was 128)
 DEFAULT_METHOD_CONFIGS = {
     "bana_cls": {'grid_size': 4, 'pooling': 'bap', 'roi_samples': 1, 'min_background': 0.0, 'init_std': 0.01,
                  'roi_bins': 1},
@@ -142,8 +143,8 @@ DEFAULT_METHOD_CONFIGS = {
                  'head': 'none', 'head_channels': 128, 'dropout': 0.1, 'bootstrap_power': 0.9, 'detach_sigma': True,
                  'confidence_names': None},
     "cam": {'bg_score': 0.2, 'label_threshold': 0.5, 'dropout': 0.0},
-    "full": {'aspp_channels': 128, 'decoder_channels': 128, 'dropout': 0.1},
-    "shape": {'aspp_channels': 128, 'decoder_channels': 128, 'skip_proj': 48, 'aspp_dropout': 0.5,
+    "full": {'aspp_channels': None, 'decoder_channels': None, 'dropout': 0.1},
+    "shape": {'aspp_channels': None, 'decoder_channels': None, 'skip_proj': 48, 'aspp_dropout': 0.5,
               'decoder_dropout': (0.5, 0.1), 'scm': True, 'scm_channels': 64, 'scm_source': 'image', 'scm_radius': 7,
               'scm_samples': 9, 'scm_bandwidth': 1.0, 'scm_patch': 3, 'scm_tau': 0.5, 'scm_drop_rate': 1.5,
               'ngwp_eps': 1.0, 'focal_penalty': False, 'focal_p': 3.0, 'focal_lambda': 0.01, 'spr_alpha': 0.8,
@@ -151,7 +152,7 @@ DEFAULT_METHOD_CONFIGS = {
               'pamr_resolution': 'features',
               'cutoff': 0.6, 'cutoff_low': 0.2, 'pixel_loss': True, 'region_loss': True, 'region_radius': 3,
               'region_margin': 3.0, 'region_ramp_epochs': 6, 'pretrain_epochs': 3, 'freeze_aspp_bn': False},
-    "ssss": {'aspp_channels': 128, 'decoder_channels': 128, 'skip_proj': 48, 'aspp_dropout': 0.5,
+    "ssss": {'aspp_channels': None, 'decoder_channels': None, 'skip_proj': 48, 'aspp_dropout': 0.5,
              'decoder_dropout': (0.5, 0.1), 'scores': 'ngwp', 'focal_penalty': True, 'focal_p': 3.0,
              'focal_lambda': 0.01, 'ngwp_eps': 1.0, 'pamr': True, 'pamr_iter': 10,
              'pamr_dilations': (1, 2, 4, 8, 12, 24), 'pamr_resolution': 'features', 'sg': True, 'sg_psi': 0.3,
@@ -166,6 +167,9 @@ GOLDEN_KEYS = {"bana_cls": "1d39a40e07", "cam": "da622acb9b", "full": "4b7b21299
                "ssss": "67853930db"}
 # the run config's optimisation defaults before `recipe` (issue 16): since then a run left at None takes the recipe's
 OLD = dict(optimizer="sgd", lr=0.01, lr_backbone=0.01, data_root=GOLDEN_ROOT)
+# the DeepLab heads' widths before issue 17 (None since: the backbone's head_width): spelt out, a run keeps its folder
+W128 = {"method_cfg.aspp_channels": 128, "method_cfg.decoder_channels": 128}
+HEADS = ("full", "shape", "ssss")
 
 
 def test_method_configs_unchanged():
@@ -179,17 +183,19 @@ def test_run_keys_unchanged():
     from wsss_nb.train import run_config
     from wsss_nb.bana import bana_config, pseudo_dir, stage1_config, stage3_config
     for m, key in GOLDEN_KEYS.items():
-        assert run_config(method=m, **OLD).key == key, m
+        w = W128 if m in HEADS else {}
+        assert run_config(method=m, **OLD, **w).key == key, m
+        if w: assert run_config(method=m, **OLD).key != key, m          # the new default width: new folders
         # the default recipe is the tables' calibrated AdamW setting, which they used to spell out: same folders
         explicit = dict(optimizer="adamw", lr=3e-3, lr_backbone=3e-3)
         assert run_config(method=m, data_root=GOLDEN_ROOT).key == run_config(method=m, **{**OLD, **explicit}).key, m
     assert (
-        run_config(method="ssss", **OLD, **{"method_cfg.pamr_iter": 5, "method_cfg.sg": False}).key
+        run_config(method="ssss", **OLD, **W128, **{"method_cfg.pamr_iter": 5, "method_cfg.sg": False}).key
         == "be7ad71d04"
     )
-    old = run_config(method="ssss", **OLD, **{"method_cfg.pamr_resolution": "image"})
+    old = run_config(method="ssss", **OLD, **W128, **{"method_cfg.pamr_resolution": "image"})
     assert old.key == "06101a3491"
-    assert run_config(method="shape", **OLD,
+    assert run_config(method="shape", **OLD, **W128,
                       **{"method_cfg.spr_alpha": 1.0, "method_cfg.region_loss": False}).key == "e7bb0b65fe"
     assert run_config(method="cam", **OLD, **{"isl.lam": 0.5}).key == "d5c1658939"
     assert (

@@ -69,6 +69,11 @@ class Backbone(nn.Module):
                 nn.init.zeros_(m.bias)
         self.train()
 
+    @property
+    def head_width(self) -> int:
+        "Channels of a DeepLab ASPP/decoder on this backbone: 256·C_deep/2048, at most 256 (`tiny`: 32)."
+        return max(16, min(256, 256 * self.channels["deep"] // 2048))
+
     def extra_repr(self): return f"output_stride={self.output_stride}, freeze_bn={self.freeze_bn}"
 
 # %% ../nbs/05_backbones.ipynb #4d8409bb

@@ -5,18 +5,18 @@
 # %% ../nbs/07_methods.ipynb #9e79bdf6
 from __future__ import annotations
 import abc, typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, IGNORE_INDEX, from_dict, resize
+from .core import ConfigError, IGNORE_INDEX, check_int, from_dict, resize
 from .backbones import get_backbone
 from .heads import ASPP, DeepLabV3PlusDecoder, aspp_rates
 
 # %% auto #0
-__all__ = ['BackboneConfig', 'MethodOutput', 'Method', 'mask_absent', 'FullySupervised']
+__all__ = ['BackboneConfig', 'MethodOutput', 'Method', 'mask_absent', 'with_head_width', 'FullySupervised']
 
 # %% ../nbs/07_methods.ipynb #bf495238
 @dataclass
@@ -138,18 +138,27 @@ def mask_absent(probs: torch.Tensor, labels: torch.Tensor | None) -> torch.Tenso
     p = probs * keep
     return p / p.sum(1, keepdim=True).clamp_min(1e-12)
 
+# %% ../nbs/07_methods.ipynb #cb4da9c7
+def with_head_width(cfg, backbone):
+    "`cfg` with its `aspp_channels`/`decoder_channels` left at None set to `backbone.head_width`; others checked."
+    w = {k: getattr(cfg, k) for k in ("aspp_channels", "decoder_channels")}
+    for k, v in w.items():
+        if v is not None: check_int(v, k)
+    return replace(cfg, **{k: backbone.head_width for k, v in w.items() if v is None})
+
 # %% ../nbs/07_methods.ipynb #549aee7c
 class FullySupervised(Method):
     "DeepLabv3+ trained on ground-truth masks."
     name = "full"
     @dataclass
     class Config:
-        aspp_channels: int = 128
-        decoder_channels: int = 128
+        aspp_channels: int | None = None     # None: the backbone's `head_width` (tiny 32, ResNet-50/101/38 256)
+        decoder_channels: int | None = None
         dropout: float = 0.1
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
+        self.cfg = with_head_width(self.cfg, self.backbone)
         ch, c = self.backbone.channels, self.cfg
         self.aspp = ASPP(
             ch["deep"], c.aspp_channels, rates=aspp_rates(self.backbone.strides["deep"]), dropout=c.dropout

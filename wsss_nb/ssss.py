@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .core import ConfigError, DataError, IGNORE_INDEX, check_int, check_num, check_shape, check_labels, resize
 from .heads import ASPP, DeepLabV3PlusDecoder, aspp_rates, conv_bn_relu
-from .methods import Method, mask_absent
+from .methods import Method, mask_absent, with_head_width
 from .pamr import PAMR
 
 # %% auto #0
@@ -65,7 +65,8 @@ def pseudo_gtmask(mask: torch.Tensor, cutoff_top: float = 0.6, cutoff_bg: float 
 # %% ../nbs/12_ssss.ipynb #f5d69ee0
 def pseudo_gt_labels(pseudo_gt: torch.Tensor) -> torch.Tensor:
     "Class-index map B×H×W of a binary pseudo GT, 255 where no channel is on."
-    return pseudo_gt.argmax(1).masked_fill(pseudo_gt.sum(1) < 1, IGNORE_INDEX)
+    # max(1).indices is argmax(1) (the first maximum) at a ninth of its cost on the CPU for a B×K×H×W tensor
+    return pseudo_gt.max(1).indices.masked_fill(pseudo_gt.sum(1) < 1, IGNORE_INDEX)
 
 # %% ../nbs/12_ssss.ipynb #ca27100a
 def balanced_mask_loss_ce(logits: torch.Tensor, pseudo_gt: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -82,8 +83,10 @@ def balanced_mask_loss_ce(logits: torch.Tensor, pseudo_gt: torch.Tensor, labels:
     n_c = pseudo_gt.sum((2, 3))                                       # B×(C+1) supervised pixels per class
     n = n_c.sum(1, keepdim=True)
     q = (n - n_c) / (1 + n)
-    w = (pseudo_gt * q[..., None, None]).sum(1)                       # per-pixel weight, 0 where ignored
-    ce = F.cross_entropy(logits, pseudo_gt_labels(pseudo_gt), ignore_index=IGNORE_INDEX, reduction="none")
+    lab = pseudo_gt_labels(pseudo_gt)
+    on = lab != IGNORE_INDEX
+    w = q.gather(1, lab.masked_fill(~on, 0).flatten(1)).view_as(lab) * on   # per-pixel weight q_c, 0 where ignored
+    ce = F.cross_entropy(logits, lab, ignore_index=IGNORE_INDEX, reduction="none")
     keep = ((labels > 0).sum(1) + 1 == (n_c > 0).sum(1)).to(ce.dtype)
     return keep * (w * ce).flatten(1).mean(1)
 
@@ -175,8 +178,8 @@ class NGWPSegmenter(Method):
     @dataclass
     class Config:
         added_later = ("freeze_aspp_bn",)   # options added after runs were stored: unhashed at their defaults
-        aspp_channels: int = 128        # official SSSS: 256 (the shape-cue paper does not say)
-        decoder_channels: int = 128     # official SSSS: 256
+        aspp_channels: int | None = None     # None: the backbone's `head_width` (tiny 32); official SSSS: 256
+        decoder_channels: int | None = None  # (the shape-cue paper does not say)
         skip_proj: int = 48
         aspp_dropout: float = 0.5
         decoder_dropout: tuple[float, ...] = (0.5, 0.1)   # before the head's 3×3 conv and before its 1×1 classifier
@@ -190,7 +193,7 @@ class NGWPSegmenter(Method):
         freeze_aspp_bn: bool = False    # ASPP BatchNorms in eval mode (statistics fixed), affine trained (the code)
 
         def __post_init__(self):
-            for k in ("aspp_channels", "decoder_channels", "skip_proj"): check_int(getattr(self, k), k)
+            check_int(self.skip_proj, "skip_proj")
             check_int(self.pretrain_epochs, "pretrain_epochs", 0)
             check_num(self.aspp_dropout, "aspp_dropout", 0, 1, hi_open=True)
             if len(self.decoder_dropout) != 2:
@@ -204,6 +207,7 @@ class NGWPSegmenter(Method):
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
+        self.cfg = with_head_width(self.cfg, self.backbone)
         c, ch, k = self.cfg, self.backbone.channels, self.cfg.decoder_channels
         rates = aspp_rates(self.backbone.strides["deep"])
         self.aspp = ASPP(ch["deep"], c.aspp_channels, rates=rates, dropout=c.aspp_dropout)
@@ -251,12 +255,15 @@ class NGWPSegmenter(Method):
         return dict(logits=scores, cams=cams, masks=masks, **extra)
 
     @torch.no_grad()
-    def pseudo_supervision(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor) -> dict:
-        "Cleaned masks, their refinement and the binary pseudo GT, all B×(C+1)×H×W at the image's size."
-        masks = clean_masks(out["masks"].detach(), labels)
-        refined = self.refine(image_raw, masks, out, labels)
-        return dict(masks=resize(masks, image_raw.shape[-2:], align_corners=True), refined=refined,
-                    pseudo_gt=self.threshold(refined))
+    def pseudo_supervision(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor, full: bool = True) -> dict:
+        """Cleaned masks, their refinement and the binary pseudo GT, all B×(C+1)×H×W at the image's size (`full=False`:
+        the pseudo GT alone, what the losses need). In float32 also under autocast (PAMR/SPR are sparse products)."""
+        with torch.autocast(image_raw.device.type, enabled=False):
+            masks = clean_masks(out["masks"].detach().float(), labels)
+            refined = self.refine(image_raw.float(), masks, out, labels)
+            sup = dict(pseudo_gt=self.threshold(refined))
+            if full: sup.update(masks=resize(masks, image_raw.shape[-2:], align_corners=True), refined=refined)
+        return sup
 
     def predict(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         "The masks at the image's size (B×(C+1)×H×W); absent classes removed when `labels` are given."
@@ -272,7 +279,8 @@ class NGWPSegmenter(Method):
     def pseudo_labels(self, batch: dict) -> torch.Tensor:
         "The pseudo GT the mask loss would use now, as B×H×W class indices (255 ignored)."
         out = self.forward(batch)
-        return pseudo_gt_labels(self.pseudo_supervision(batch["image_raw"], out, batch["labels"])["pseudo_gt"])
+        sup = self.pseudo_supervision(batch["image_raw"], out, batch["labels"], full=False)
+        return pseudo_gt_labels(sup["pseudo_gt"])
 
 # %% ../nbs/12_ssss.ipynb #eced63c1
 class SSSS(NGWPSegmenter):
@@ -353,7 +361,7 @@ class SSSS(NGWPSegmenter):
         cls = F.multilabel_soft_margin_loss(out["logits"], labels)
         if epoch < self.cfg.pretrain_epochs:
             return dict(cls=cls, seg=torch.zeros_like(cls), total=cls)
-        pgt = self.pseudo_supervision(batch["image_raw"], out, labels)["pseudo_gt"]
+        pgt = self.pseudo_supervision(batch["image_raw"], out, labels, full=False)["pseudo_gt"]
         seg = balanced_mask_loss_ce(with_background(out["cams"]), pgt, labels).mean()
         return dict(cls=cls, seg=seg, total=cls + self.cfg.seg_weight * seg)
 
