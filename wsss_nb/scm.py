@@ -14,7 +14,8 @@ from .core import ConfigError, DataError, check_int, check_num, check_shape, res
 from .heads import conv_bn_relu
 
 # %% auto #0
-__all__ = ['manhattan_offsets', 'sample_offsets', 'self_information', 'drop_probability', 'keep_probability', 'SCM']
+__all__ = ['manhattan_offsets', 'sample_offsets', 'patch_distances', 'self_information', 'drop_probability', 'keep_probability',
+           'SCM']
 
 # %% ../nbs/20_scm.ipynb #84e7caa5
 def manhattan_offsets(radius: int) -> torch.Tensor:
@@ -36,6 +37,45 @@ def sample_offsets(
     if n_samples > len(offs):
         raise ConfigError(f"n_samples={n_samples}: the Manhattan ball of radius {radius} has only {len(offs)} offsets")
     return offs[torch.randperm(len(offs), generator=generator)[:n_samples]]
+
+# %% ../nbs/20_scm.ipynb #2d4b7370
+def _offset_chunks(offs: list, size: int):
+    "Ranges [i, j) of `offs` whose dx rise by 1 at one dy (one strided view of a padded map), at most `size` long."
+    i = 0
+    while i < len(offs):
+        j = i + 1
+        while j < len(offs) and j - i < size and offs[j][0] == offs[i][0] and offs[j][1] == offs[j - 1][1] + 1: j += 1
+        yield i, j
+        i = j
+
+def _box_sum(d: torch.Tensor, patch: int, out: torch.Tensor) -> torch.Tensor:
+    "`out` = the sum over the `patch`×`patch` window of each pixel of …×H×W maps `d`, borders replicated."
+    q, (H, W) = patch // 2, d.shape[-2:]
+    if q == 0: return out.copy_(d)
+    p = F.pad(d, [q] * 4, mode="replicate")
+    rows = p[..., 0:H, :] + p[..., 1:H + 1, :]                                     # separable: rows, then columns
+    for u in range(2, patch): rows += p[..., u:u + H, :]
+    torch.add(rows[..., 0:W], rows[..., 1:W + 1], out=out)
+    for u in range(2, patch): out += rows[..., u:u + W]
+    return out
+
+def patch_distances(x: torch.Tensor, offsets: torch.Tensor, patch: int = 3, chunk: int = 2 ** 18) -> torch.Tensor:
+    """‖p − p′‖² (B×n×H×W) between the `patch`×`patch` patch p at every pixel of `x` (B×K×H×W) and the patch p′ at
+    each of the n `offsets` (n×2: dy, dx) from it, summed over the window and the channels; borders replicated."""
+    B, K, H, W = x.shape
+    offs = offsets.tolist()
+    R = max(abs(v) for o in offs for v in o)
+    xp = F.pad(x, [R] * 4, mode="replicate")
+    st = xp.stride()
+    out = x.new_empty(B, len(offs), H, W)
+    for i, j in _offset_chunks(offs, max(1, chunk // (B * H * W))):     # chunks of ~`chunk` values: small temporaries
+        (dy, dx), d = offs[i], None
+        for k in range(K):                                     # d_o = Σ_k (x_k − x_k shifted by o)², per pixel
+            shifted = xp[:, k, R + dy:, R + dx:].as_strided((B, j - i, H, W), (st[0], st[3], st[2], st[3]))
+            e = shifted - x[:, k, None]
+            d = e.square_() if d is None else d.addcmul_(e, e)
+        _box_sum(d, patch, out[:, i:j])                        # summed over the patch
+    return out
 
 # %% ../nbs/20_scm.ipynb #6ac1a54f
 def _check_kde(bandwidth, patch):
@@ -59,18 +99,12 @@ def self_information(
     check_shape(x, "x", "B×K×H×W")
     _check_kde(bandwidth, patch)
     offs = sample_offsets(radius, n_samples, generator) if offsets is None else offsets
-    x = x.detach()
-    H, W = x.shape[-2:]
-    R = int(offs.abs().max())
-    xp = F.pad(x, [R] * 4, mode="replicate")
-    d2 = torch.stack([(x - xp[..., R + dy:R + dy + H, R + dx:R + dx + W]).pow(2).sum(1)
-                      for dy, dx in offs.tolist()], 1)                              # B×n×H×W, per pixel
-    q = patch // 2
-    d2 = F.avg_pool2d(F.pad(d2, [q] * 4, mode="replicate"), patch, stride=1) * patch ** 2   # ‖p − p′‖² over the patch
-    if normalize: d2 = d2 / d2.mean((1, 2, 3), keepdim=True).clamp_min(1e-12)
-    log_kde = (torch.logsumexp(-d2 / (2 * bandwidth ** 2), 1) - math.log(d2.shape[1])
-               - math.log(math.sqrt(2 * math.pi) * bandwidth))
-    return -log_kde
+    d2 = patch_distances(x.detach(), offs, patch)                                    # ‖p − p′‖², B×n×H×W
+    s = 1 / (2 * bandwidth ** 2)
+    if normalize: s = s / d2.mean((1, 2, 3), keepdim=True).clamp_min(1e-12)          # distances / their mean
+    d_min = d2.amin(1, keepdim=True)                                                  # logsumexp's shift
+    log_sum = d2.sub_(d_min).mul_(-s).exp_().sum(1).log_().sub_((d_min * s)[:, 0])    # log Σ_p′ exp(−s·‖p − p′‖²)
+    return math.log(d2.shape[1]) + math.log(math.sqrt(2 * math.pi) * bandwidth) - log_sum
 
 # %% ../nbs/20_scm.ipynb #040e887f
 def drop_probability(info: torch.Tensor, tau: float = 0.5) -> torch.Tensor:

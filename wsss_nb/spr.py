@@ -10,18 +10,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .core import (ConfigError, DataError, IGNORE_INDEX, check_int, check_num, check_shape, check_label_map,
                           resize)
 from .heads import conv_bn_relu
 from .pamr import (DEFAULT_DILATIONS, check_dilations, colour_kernel, neighbours, propagate, pamr,
                           check_refinement_inputs)
-from .ssss import pseudo_gt_labels, with_background, NGWPSegmenter
+from .ssss import clean_masks, with_background, NGWPSegmenter
 from .scm import SCM, self_information
 
 # %% auto #0
 __all__ = ['CLASS_NORMS', 'BOUNDARY_RATIO', 'class_kernel', 'spr_kernel', 'spr_affinity', 'spr', 'SPR', 'pseudo_mask',
-           'pixel_loss', 'region_loss', 'region_weight', 'ShapeCues']
+           'pseudo_label_map', 'pixel_loss', 'region_loss', 'region_weight', 'ShapeCues']
 
 # %% ../nbs/21_spr.ipynb #1757ff36
 CLASS_NORMS = ("pamr", "eq5")   # class term's denominator: 0.1·σ^c (PAMR's form, ours) or (σ^c)² (Eq. 5 as printed)
@@ -39,14 +40,14 @@ def class_kernel(scores: torch.Tensor, dilations=DEFAULT_DILATIONS, norm: str = 
     σ^c the standard deviation of class c's scores over the image."""
     sd = scores.flatten(2).std(2)[:, :, None, None, None]
     den = 1e-8 + (0.1 * sd if _check_norm(norm) == "pamr" else sd * sd)
-    return (scores.unsqueeze(2) - neighbours(scores, dilations)).abs_().div_(den).neg_()
+    return neighbours(scores, dilations).sub_(scores.unsqueeze(2)).abs_().div_(den).neg_()
 
 # %% ../nbs/21_spr.ipynb #a5092e2b
 def _kernel_pairs(image, scores, alpha, dilations, b, c, norm="pamr"):
     "The SPR kernel for the (image b, class c) pairs: n×8D×H×W."
-    k = colour_kernel(image, dilations)[b]
+    k = colour_kernel(image, dilations)[b]                                     # a copy per pair: safe to edit
     if alpha == 1: return k
-    return alpha * k + (1 - alpha) * class_kernel(scores[b, c][:, None], dilations, norm)[:, 0]
+    return k.mul_(alpha).add_(class_kernel(scores[b, c][:, None], dilations, norm)[:, 0].mul_(1 - alpha))
 
 def spr_kernel(
     image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8, dilations=DEFAULT_DILATIONS, class_norm: str = "pamr"
@@ -132,21 +133,70 @@ def pseudo_mask(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 
     on = refined > thr
     return (on & (on.sum(1, keepdim=True) == 1)).to(refined.dtype)
 
+# %% ../nbs/21_spr.ipynb #dba3128d
+def pseudo_label_map(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: float = 0.2) -> torch.Tensor:
+    """Class indices B×H×W of `pseudo_mask(refined, cutoff, cutoff_low)` (255: no class on), without the binary
+    B×(C+1)×H×W mask: the class is the pixel's argmax where exactly one score of finite `refined` exceeds θ."""
+    check_shape(refined, "refined", "B×(C+1)×H×W")
+    check_num(cutoff, "cutoff", 0, 1)
+    check_num(cutoff_low, "cutoff_low", 0, 1)
+    top, cls = refined.max(1)
+    thr = (top.amax((1, 2), keepdim=True) * cutoff).clamp_min(cutoff_low)
+    alone = (refined > thr[:, None]).sum(1) == 1
+    return cls.masked_fill_(~alone, IGNORE_INDEX)
+
 # %% ../nbs/21_spr.ipynb #0fb764c4
 def pixel_loss(logits: torch.Tensor, pseudo: torch.Tensor) -> torch.Tensor:
     """Class-normalised CE (Eq. 7) of logits B×K×H×W against pseudo labels B×H×W (255 ignored); mean over images.
     Per image L = (1/|C|)·Σ_{c ∈ C} (1/|V_c|)·Σ_{i ∈ V_c} −log softmax(logits_i)_c, C its pseudo-labelled classes."""
     check_shape(logits, "logits", "B×K×H×W")
     check_label_map(pseudo, "pseudo", (logits.shape[0], *logits.shape[2:]), dtype=torch.long)
-    K = logits.shape[1]
+    B, K = logits.shape[:2]
     ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE_INDEX, reduction="none")       # 0 where ignored
-    valid = pseudo != IGNORE_INDEX
-    onehot = F.one_hot(pseudo.masked_fill(~valid, 0), K).permute(0, 3, 1, 2) * valid[:, None]
-    n_c = onehot.sum((2, 3))                                                   # B×K pixels per class
-    per_class = (onehot * ce[:, None]).sum((2, 3)) / n_c.clamp_min(1)
+    first = (K + 1) * torch.arange(B, device=pseudo.device)[:, None, None]
+    cell = torch.where(pseudo == IGNORE_INDEX, K, pseudo) + first              # (image, class) bin, K: ignored
+    n_c = torch.bincount(cell.flatten(), minlength=B * (K + 1)).view(B, K + 1)[:, :K]    # B×K pixels per class
     n_cls = (n_c > 0).sum(1)
-    per_image = per_class.sum(1) / n_cls.clamp_min(1)
-    return per_image[n_cls > 0].mean() if (n_cls > 0).any() else logits.sum() * 0
+    if not (n_cls > 0).any(): return logits.sum() * 0
+    per_px = n_c.clamp_min(1) * n_cls.clamp_min(1)[:, None] * (n_cls > 0).sum()      # 1 / a pixel's weight, per bin
+    return (ce * F.pad(1 / per_px.to(ce.dtype), [0, 1]).flatten()[cell]).sum()
+
+# %% ../nbs/21_spr.ipynb #e2acf3e8
+def _window_slices(radius: int, H: int, W: int) -> list:
+    "(index, slice of the `radius`-padded map) of each offset of a (2r+1)² window, row-major as `F.unfold`."
+    k = 2 * radius + 1
+    return [(o, (..., slice(o // k, o // k + H), slice(o % k, o % k + W))) for o in range(k * k)]
+
+class _RegionTerms(torch.autograd.Function):
+    """Σ_j ℓ_ij over the window of every centre i (B×HW) from m, log m, Σ_k m_k log m_k (B×1×H×W) and the pair weights
+    `same`, `diff` (B×k²×HW); D_KL(m_j ‖ m_i) = Σ_k m_j,k log m_j,k − Σ_k m_j,k log m_i,k, offset by offset."""
+    @staticmethod
+    def forward(ctx, p, logp, negent, same, diff, radius, margin):
+        B, K, H, W = p.shape
+        win = _window_slices(radius, H, W)
+        pp = F.pad(p, [radius] * 4)                                                # m_j, 0 outside the map
+        cross = p.new_empty(B, len(win), H, W)
+        for o, s in win: torch.sum(pp[s] * logp, 1, out=cross[:, o])              # Σ_k m_j,k log m_i,k
+        kl = F.unfold(negent, 2 * radius + 1, padding=radius).sub_(cross.view(B, len(win), H * W))
+        hinge = margin - kl
+        ctx.save_for_backward(p, logp, same - (hinge >= 0) * diff)                # ∂ℓ/∂D_KL: 1, −1 or 0
+        ctx.radius = radius
+        return (kl * same).addcmul_(hinge.clamp_min_(0), diff).sum(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        p, logp, dkl = ctx.saved_tensors
+        r, (B, K, H, W) = ctx.radius, p.shape
+        g = dkl * grad[:, None]                                                    # ∂L/∂D_KL(m_j ‖ m_i)
+        d_negent = F.fold(g, (H, W), 2 * r + 1, padding=r)                        # each j: Σ over its centres i
+        g = g.view(B, -1, H, W)
+        pp = F.pad(p, [r] * 4)
+        d_pp, d_logp = torch.zeros_like(pp), torch.zeros_like(logp)
+        for o, s in _window_slices(r, H, W):
+            d_pp[s].addcmul_(g[:, o, None], logp, value=-1)                        # −Σ_i g_ij log m_i
+            d_logp.addcmul_(g[:, o, None], pp[s], value=-1)                        # −Σ_j g_ij m_j
+        return d_pp[..., r:r + H, r:r + W], d_logp, d_negent, None, None, None, None
 
 # %% ../nbs/21_spr.ipynb #c0618a73
 def region_loss(probs: torch.Tensor, pseudo: torch.Tensor, radius: int = 3, margin: float = 3.0,
@@ -159,16 +209,17 @@ def region_loss(probs: torch.Tensor, pseudo: torch.Tensor, radius: int = 3, marg
     check_num(margin, "margin", 0)
     if reduction not in ("mean", "none"): raise ConfigError(f"reduction={reduction!r}: expected 'mean' or 'none'")
     B, K, H, W = probs.shape
-    k, logp = 2 * radius + 1, probs.clamp_min(eps).log()
-    win = lambda x: F.unfold(x, k, padding=radius).view(B, x.shape[1], k * k, H * W)         # neighbours j of every i
-    kl = (win(probs) * (win(logp) - logp.reshape(B, K, 1, H * W))).sum(1)                     # D_KL(m_j ‖ m_i): B×k²×HW
+    k = 2 * radius + 1
     lab = F.unfold(F.pad(pseudo[:, None].float(), [radius] * 4, value=IGNORE_INDEX), k).view(B, k * k, H * W)
     ctr = pseudo.reshape(B, 1, H * W).float()
-    pair = (lab != IGNORE_INDEX) & (ctr != IGNORE_INDEX)
+    pair = (lab != IGNORE_INDEX) & (ctr != IGNORE_INDEX)                                    # j of every i: B×k²×HW
     pair[:, k * k // 2] = False                                                             # the centre itself
-    ell = torch.where(lab == ctr, kl, (margin - kl).clamp_min(0)) * pair
+    same = (lab == ctr) & pair
+    logp = probs.clamp_min(eps).log()
+    negent = (probs * logp).sum(1, keepdim=True)                                            # Σ_k m_k log m_k
+    ell = _RegionTerms.apply(probs, logp, negent, same.to(probs.dtype), (pair & ~same).to(probs.dtype), radius, margin)
     n = pair.sum(1)
-    per = ell.sum(1) / n.clamp_min(1)                                                       # B×HW
+    per = ell / n.clamp_min(1)                                                              # B×HW
     if reduction == "none": return per.view(B, H, W)
     return per[n > 0].mean() if (n > 0).any() else probs.sum() * 0
 
@@ -292,7 +343,9 @@ class ShapeCues(NGWPSegmenter):
         zero = torch.zeros_like(cls)
         t = dict(cls=cls, pixel=zero, region=zero, mask=zero)
         if epoch >= c.pretrain_epochs and (c.pixel_loss or c.region_loss):
-            pseudo = pseudo_gt_labels(self.pseudo_supervision(batch["image_raw"], out, labels)["pseudo_gt"])
+            with torch.no_grad():                          # = pseudo_gt_labels(pseudo_supervision(…)["pseudo_gt"])
+                refined = self.refine(batch["image_raw"], clean_masks(out["masks"].detach(), labels), out, labels)
+            pseudo = pseudo_label_map(refined, c.cutoff, c.cutoff_low)
             if c.pixel_loss:
                 seg = resize(with_background(out["cams"]), pseudo.shape[-2:], align_corners=True)
                 t["pixel"] = pixel_loss(seg, pseudo)
