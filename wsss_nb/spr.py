@@ -17,7 +17,7 @@ from .core import (ConfigError, DataError, IGNORE_INDEX, check_int, check_num, c
 from .heads import conv_bn_relu
 from .pamr import (DEFAULT_DILATIONS, check_dilations, colour_kernel, neighbours, propagate, pamr,
                           check_refinement_inputs)
-from .ssss import clean_masks, with_background, NGWPSegmenter
+from .ssss import with_background, NGWPSegmenter
 from .scm import SCM, self_information
 
 # %% auto #0
@@ -187,7 +187,7 @@ class _RegionTerms(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         p, logp, dkl = ctx.saved_tensors
-        r, (B, K, H, W) = ctx.radius, p.shape
+        r, (B, _, H, W) = ctx.radius, p.shape
         g = dkl * grad[:, None]                                                    # ∂L/∂D_KL(m_j ‖ m_i)
         d_negent = F.fold(g, (H, W), 2 * r + 1, padding=r)                        # each j: Σ over its centres i
         g = g.view(B, -1, H, W)
@@ -343,9 +343,8 @@ class ShapeCues(NGWPSegmenter):
         zero = torch.zeros_like(cls)
         t = dict(cls=cls, pixel=zero, region=zero, mask=zero)
         if epoch >= c.pretrain_epochs and (c.pixel_loss or c.region_loss):
-            with torch.no_grad():                          # = pseudo_gt_labels(pseudo_supervision(…)["pseudo_gt"])
-                refined = self.refine(batch["image_raw"], clean_masks(out["masks"].detach(), labels), out, labels)
-            pseudo = pseudo_label_map(refined, c.cutoff, c.cutoff_low)
+            _, refined = self.refined_masks(batch["image_raw"], out, labels)
+            pseudo = pseudo_label_map(refined, c.cutoff, c.cutoff_low)   # = pseudo_gt_labels(self.threshold(refined))
             if c.pixel_loss:
                 seg = resize(with_background(out["cams"]), pseudo.shape[-2:], align_corners=True)
                 t["pixel"] = pixel_loss(seg, pseudo)

@@ -255,14 +255,20 @@ class NGWPSegmenter(Method):
         return dict(logits=scores, cams=cams, masks=masks, **extra)
 
     @torch.no_grad()
-    def pseudo_supervision(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor, full: bool = True) -> dict:
-        """Cleaned masks, their refinement and the binary pseudo GT, all B×(C+1)×H×W at the image's size (`full=False`:
-        the pseudo GT alone, what the losses need). In float32 also under autocast (PAMR/SPR are sparse products)."""
+    def refined_masks(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor):
+        """The cleaned masks B×(C+1)×h×w and their refinement B×(C+1)×H×W at the image's size; in float32 also under
+        autocast (PAMR/SPR are sparse products, which have no bfloat16 kernel)."""
         with torch.autocast(image_raw.device.type, enabled=False):
             masks = clean_masks(out["masks"].detach().float(), labels)
-            refined = self.refine(image_raw.float(), masks, out, labels)
-            sup = dict(pseudo_gt=self.threshold(refined))
-            if full: sup.update(masks=resize(masks, image_raw.shape[-2:], align_corners=True), refined=refined)
+            return masks, self.refine(image_raw.float(), masks, out, labels)
+
+    @torch.no_grad()
+    def pseudo_supervision(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor, full: bool = True) -> dict:
+        """Cleaned masks, their refinement and the binary pseudo GT, all B×(C+1)×H×W at the image's size (`full=False`:
+        the pseudo GT alone, what the losses need)."""
+        masks, refined = self.refined_masks(image_raw, out, labels)
+        sup = dict(pseudo_gt=self.threshold(refined))
+        if full: sup.update(masks=resize(masks, image_raw.shape[-2:], align_corners=True), refined=refined)
         return sup
 
     def predict(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
