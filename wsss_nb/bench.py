@@ -18,7 +18,8 @@ from .hfpl import feature_similarity_loss, fsl_gate
 from .data import VOCDataset, collate
 from .box_pseudo import export_pseudo_labels
 from .zoo import METHODS, build_method
-from .train import RunConfig, run_config, make_optimizer, make_datasets, setup_training, to_device, train_step
+from .train import (RunConfig, run_config, make_optimizer, make_datasets, setup_training, to_device, train_step,
+                           train_loader)
 
 # %% auto #0
 __all__ = ['time_call', 'torch_threads', 'bench_pamr', 'bench_fsl', 'bench_train']
@@ -291,23 +292,26 @@ def _cycle(loader):
     "Batches of `loader` forever, epoch after epoch (a new epoch starts its workers anew, as in training)."
     while True: yield from loader
 
+def _epoch_ms(loader) -> float:
+    "ms per batch of one whole epoch of `loader` alone (worker start-up included)."
+    t, n = time.perf_counter(), sum(1 for _ in loader)
+    return 1e3 * (time.perf_counter() - t) / max(n, 1)
+
 def _loader_bench(cfg: RunConfig, state: dict, steps: int, warmup: int, device, work: Path) -> dict:
-    "ms per batch of the run's training DataLoader alone, and per training step with and without loading."
+    "ms per batch of the run's training loader alone (first and second epoch), and per step with and without loading."
     tr, _ = make_datasets(cfg, setup_training(state["model"], cfg, work/"loader"))
     seed_everything(cfg.seed)
-    loader = torch.utils.data.DataLoader(tr, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                                         drop_last=len(tr) >= cfg.batch_size, num_workers=cfg.num_workers)
+    loader = train_loader(tr, cfg)
     model, opt, epoch, pre = state["model"], state["opt"], state["epoch"], state["batches"]
     median = lambda ts: 1e3 * statistics.median(ts[warmup:])
-    it = _cycle(loader)
-    alone = [_timed(lambda: next(it))[0] for _ in range(warmup + steps)]
+    first, later = _epoch_ms(loader), _epoch_ms(loader)     # the first epoch decodes the files, later ones (cached) not
     it, loaded, plain = _cycle(loader), [], []
     for r in range(warmup + steps):                   # interleaved, as the methods above
         loaded.append(_timed(lambda: train_step(model, opt, to_device(next(it), device), cfg, epoch, r), device)[0])
         plain.append(_timed(lambda: train_step(model, opt, pre[r % len(pre)], cfg, epoch, r), device)[0])
-    return dict(method=cfg.method, num_workers=cfg.num_workers, batch=cfg.batch_size, loader_ms=median(alone),
-                step_with_loading_ms=median(loaded), step_without_loading_ms=median(plain),
-                loading_overhead_ms=median(loaded) - median(plain))
+    return dict(method=cfg.method, num_workers=cfg.num_workers, batch=cfg.batch_size, loader_ms=later,
+                loader_first_epoch_ms=first, step_with_loading_ms=median(loaded), step_without_loading_ms=median(plain),
+                loading_overhead_ms=median(loaded) - median(plain), cache_mib=tr.cache_info()["bytes"] / 2**20)
 
 # %% ../nbs/65_bench.ipynb #e31a4810
 def _machine(device, threads: int) -> dict:
@@ -376,6 +380,7 @@ def _train_result(cfgs, times, mem, loading, machine, steps, warmup) -> dict:
     if loading:
         d = loading
         print(f"data loading ({d['method']}, batch {d['batch']}, num_workers={d['num_workers']}): loader alone "
-              f"{d['loader_ms']:.1f} ms/batch; step with loading {d['step_with_loading_ms']:.1f} ms, without "
+              f"{d['loader_ms']:.1f} ms/batch ({d['loader_first_epoch_ms']:.1f} in the first epoch; decoded-image "
+              f"cache {d['cache_mib']:.0f} MiB); step with loading {d['step_with_loading_ms']:.1f} ms, without "
               f"{d['step_without_loading_ms']:.1f} ms")
     return res

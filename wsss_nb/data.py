@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #bca7f753
 from __future__ import annotations
-import io, os
+import io, math, os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,9 +25,9 @@ from wsss_nb.core import (
 )
 
 # %% auto #0
-__all__ = ['VOC_CLASSES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'read_classes', 'save_mask', 'read_image', 'read_mask', 'read_boxes',
-           'VOCDataset', 'label_maps', 'Compose', 'RandomScale', 'RandomHFlip', 'ColorJitter', 'RandomCrop',
-           'Normalize', 'train_transform', 'collate']
+__all__ = ['VOC_CLASSES', 'CACHE_BYTES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'read_classes', 'save_mask', 'read_image', 'read_mask',
+           'read_boxes', 'VOCDataset', 'label_maps', 'Compose', 'RandomScale', 'RandomHFlip', 'ColorJitter',
+           'RandomCrop', 'Normalize', 'train_transform', 'collate']
 
 # %% ../nbs/01_data.ipynb #d1234f4a
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -174,11 +174,13 @@ class _VOCFiles:
                     raise DataError(f"{p}: {what} of {name!r} listed in split {self.split!r} not found")
 
 # %% ../nbs/01_data.ipynb #862dd3e4
+CACHE_BYTES = 512 * 2**20     # per dataset; the built-in benchmark (1,800 images of 128×128) needs 113 MiB
+
 class VOCDataset(_VOCFiles, torch.utils.data.Dataset):
     "PASCAL VOC 2012 layout reader; samples follow the design's dict (image, image_raw, mask, labels, boxes, name)."
     def __init__(self, root, split: str = "train", transform=None, mask_dir: str | None = None,
                  masks: bool | None = None, boxes: bool | None = None, classes=None,
-                 extra_masks: dict | None = None, max_images: int | None = None):
+                 extra_masks: dict | None = None, max_images: int | None = None, cache_bytes: int = CACHE_BYTES):
         if not isinstance(root, (str, os.PathLike)): raise ConfigError(f"root={root!r}: expected a dataset folder path")
         self.root, self.split = Path(root), split
         if not self.root.is_dir(): raise DataError(f"{self.root}: dataset root not found")
@@ -200,12 +202,13 @@ class VOCDataset(_VOCFiles, torch.utils.data.Dataset):
         if not (self.has_masks or self.has_boxes):
             raise DataError(f"{self.root}: neither {mask_dir}/ nor Annotations/ found; image labels need one of them")
         self.transform = transform if transform is not None else Normalize()
+        self.cache_bytes, self._cache, self._cached = check_int(cache_bytes, "cache_bytes", 0), {}, 0
         self._check_files()
 
     def __len__(self): return len(self.names)
 
-    def read(self, i) -> dict:
-        "Sample `i` before transforms: uint8 image H×W×3, uint8 mask, N×5 boxes, labels."
+    def _decode(self, i) -> dict:
+        "Read and check sample `i`'s files (no cache)."
         name = self.names[i]
         img_p, mask_p, xml_p = self._paths(name)
         if not img_p.is_file(): img_p = img_p.with_suffix(".png")
@@ -231,11 +234,32 @@ class VOCDataset(_VOCFiles, torch.utils.data.Dataset):
                 raise DataError(f"{d / name}.png: label map {k!r} size {size} ≠ image size {W}×{H} of {img_p.name}")
         return dict(image=img, mask=mask, boxes=boxes, labels=labels, name=name, **extra)
 
+    def _decoded(self, i) -> dict:
+        "`_decode(i)`, from the cache when there; a new sample is kept while the cache stays within `cache_bytes`."
+        i = range(len(self.names))[i]            # one key per image: -1 and len-1 are the same sample
+        s = self._cache.get(i)
+        if s is None:
+            s = self._decode(i)                  # a bad file raises here, every time: failures are never cached
+            n = sum(v.nbytes for v in s.values() if isinstance(v, np.ndarray))
+            if self._cached + n <= self.cache_bytes: self._cache[i], self._cached = s, self._cached + n
+        return s
+
+    def read(self, i) -> dict:
+        "Sample `i` before transforms: uint8 image H×W×3, uint8 mask, N×5 boxes, labels (copies of the cached arrays)."
+        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in self._decoded(i).items()}
+
+    def cache_info(self) -> dict:
+        "Images held decoded in memory, their bytes and the budget `cache_bytes`."
+        return dict(images=len(self._cache), bytes=self._cached, budget=self.cache_bytes)
+
+    def __getstate__(self):                      # pickled (spawned DataLoader workers): without the cache
+        return dict(self.__dict__, _cache={}, _cached=0)
+
     def __getitem__(self, i) -> dict:
-        s = self.read(i)
+        s = self._decoded(i)                     # every tensor below is a copy: the cached arrays stay as read
         sample = dict(image_raw=torch.from_numpy(s["image"]).permute(2, 0, 1).float().div(255),
-                      mask=torch.from_numpy(s["mask"]).long(), boxes=torch.from_numpy(s["boxes"]),
-                      labels=torch.from_numpy(s["labels"]), name=s["name"],
+                      mask=torch.from_numpy(s["mask"]).long(), boxes=torch.from_numpy(s["boxes"].copy()),
+                      labels=torch.from_numpy(s["labels"].copy()), name=s["name"],
                       **{k: torch.from_numpy(s[k]).long() for k in self.extra_dirs})
         return self.transform(sample)
 
@@ -290,8 +314,10 @@ class ColorJitter:
         u = lambda a: 1 + a * (2 * torch.rand(()).item() - 1)
         gray = lambda x: (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
         x = x * u(self.b)
-        x = gray(x).mean() + u(self.c) * (x - gray(x).mean())
-        x = gray(x) + u(self.s) * (x - gray(x))
+        m = gray(x).mean()                           # contrast: towards the mean gray level
+        x = m + u(self.c) * (x - m)
+        g = gray(x)                                  # saturation: towards each pixel's gray
+        x = g + u(self.s) * (x - g)
         return dict(s, image_raw=x.clamp(0, 1))
     def __repr__(self): return f"ColorJitter({self.b}, {self.c}, {self.s})"
 
@@ -303,13 +329,12 @@ class RandomCrop:
     def __call__(self, s):
         (h, w), (H, W) = self.size, s["mask"].shape
         ph, pw = max(h - H, 0), max(w - W, 0)
-        img = F.pad(s["image_raw"], (0, pw, 0, ph), value=0.)
-        maps = {k: F.pad(s[k], (0, pw, 0, ph), value=IGNORE_INDEX) for k in label_maps(s)}
+        pad = lambda v, fill: F.pad(v, (0, pw, 0, ph), value=fill) if ph or pw else v
+        img, maps = pad(s["image_raw"], 0.), {k: pad(s[k], IGNORE_INDEX) for k in label_maps(s)}
         y0 = int(torch.randint(0, H + ph - h + 1, ()).item())
         x0 = int(torch.randint(0, W + pw - w + 1, ()).item())
-        b = s["boxes"].clone()
-        b[:, [0, 2]] = (b[:, [0, 2]] - x0).clamp(0, w)
-        b[:, [1, 3]] = (b[:, [1, 3]] - y0).clamp(0, h)
+        b = (s["boxes"] - torch.tensor([x0, y0, x0, y0, 0.])).clamp_min(0)    # shift, clip to 0 ≤ x ≤ w, 0 ≤ y ≤ h
+        b = torch.minimum(b, torch.tensor([w, h, w, h, math.inf]))
         b = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
         return dict(s, image_raw=img[:, y0:y0+h, x0:x0+w], boxes=b, **{k: v[y0:y0+h, x0:x0+w] for k, v in maps.items()})
     def __repr__(self): return f"RandomCrop({self.size})"

@@ -20,16 +20,18 @@ from .zoo import METHODS, RECIPE_FIELDS, build_method, method_config, method_rec
 from .hfpl import ISLConfig, FSLConfig, with_hfpl
 
 # %% auto #0
-__all__ = ['RunConfig', 'data_fingerprint', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'setup_training',
-           'to_device', 'validate', 'TrainingError', 'run_dir', 'load_checkpoint', 'train', 'train_step']
+__all__ = ['RunConfig', 'data_fingerprint', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'train_loader',
+           'setup_training', 'to_device', 'validate', 'TrainingError', 'run_dir', 'load_checkpoint', 'train',
+           'train_step']
 
 # %% ../nbs/50_train.ipynb #29da1bfa
-_UNHASHED = ("out_dir", "device", "log_interval", "num_workers", "progress")   # left out of the hash
+_UNHASHED = ("out_dir", "device", "log_interval", "progress")   # left out of the hash
 
 @dataclass
 class RunConfig:
     "Everything one training run depends on."
-    added_later = ("recipe", "lr_steps", "bias_lr_mult", "bias_decay")   # out of the hash at their defaults
+    added_later = ("recipe", "lr_steps", "bias_lr_mult", "bias_decay",   # out of the hash at their defaults
+                   "num_workers")            # > 0: other augmentation draws (see `train_loader`), another run
     method: str = "cam"
     method_cfg: dict = field(default_factory=dict)
     recipe: typing.Literal["benchmark", "official"] = "benchmark"   # what the None fields below are filled from
@@ -196,6 +198,12 @@ def make_datasets(cfg: RunConfig, train_options: dict | None = None):
     va = VOCDataset(cfg.data_root, cfg.val_split, max_images=cfg.max_val_images)
     return tr, va
 
+# %% ../nbs/50_train.ipynb #f9892475
+def train_loader(train_ds, cfg: RunConfig) -> torch.utils.data.DataLoader:
+    "The run's training batches: shuffled, `batch_size` each (a last partial batch dropped), `num_workers` processes."
+    return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+                                       drop_last=len(train_ds) >= cfg.batch_size, num_workers=cfg.num_workers)
+
 # %% ../nbs/50_train.ipynb #0f74ef0c
 def setup_training(model, cfg: RunConfig, run_dir) -> dict:
     "The method's extra training-data options: `model.setup_training(cfg, run_dir)` (`Method`'s default: `{}`)."
@@ -342,8 +350,7 @@ def train_step(model, opt, batch: dict, cfg: RunConfig, epoch: int = 0, it: int 
 def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device) -> dict:
     "One epoch from a fixed seed, then validation: the val summary plus mean loss terms and seconds."
     seed_everything(cfg.seed * 100_003 + epoch)
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                                         drop_last=len(train_ds) >= cfg.batch_size, num_workers=cfg.num_workers)
+    loader = train_loader(train_ds, cfg)
     model.train()
     sums, n, t0 = {}, 0, time.time()
     bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress)
