@@ -4,7 +4,6 @@
 
 # %% ../nbs/11_pamr.ipynb #578277bf
 from __future__ import annotations
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -14,9 +13,9 @@ import torch.nn.functional as F
 from .core import DataError, ConfigError, check_int, check_labels, resize
 
 # %% auto #0
-__all__ = ['DEFAULT_DILATIONS', 'check_dilations', 'neighbour_offsets', 'neighbour_index', 'neighbours', 'local_std',
-           'colour_kernel', 'pamr_affinity', 'propagation_matrix', 'propagate', 'check_refinement_inputs', 'pamr',
-           'PAMR', 'pamr_reference']
+__all__ = ['DEFAULT_DILATIONS', 'check_dilations', 'neighbour_offsets', 'neighbour_index', 'neighbour_views', 'neighbours',
+           'local_std', 'colour_kernel', 'pamr_affinity', 'propagate', 'check_refinement_inputs', 'pamr', 'PAMR',
+           'pamr_reference']
 
 # %% ../nbs/11_pamr.ipynb #cdf3e4e9
 DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
@@ -40,9 +39,17 @@ def neighbour_index(height: int, width: int, dilations, centre: bool = False, de
     xs = (torch.arange(width, device=device)[None, None, :] + off[:, 1:, None]).clamp(0, width - 1)
     return ys * width + xs
 
+def neighbour_views(x: torch.Tensor, dilations, centre: bool = False) -> list[torch.Tensor]:
+    "The N = 8·D neighbours (9·D window pixels when `centre`) of every pixel of x (…×H×W): N views …×H×W."
+    offs = neighbour_offsets(dilations, centre)
+    H, W = x.shape[-2:]
+    R = max(check_dilations(dilations))
+    xp = F.pad(x.reshape(-1, H, W), [R] * 4, mode="replicate").view(*x.shape[:-2], H + 2 * R, W + 2 * R)
+    return [xp[..., R + dy:R + dy + H, R + dx:R + dx + W] for dy, dx in offs]
+
 def neighbours(x: torch.Tensor, dilations, centre: bool = False) -> torch.Tensor:
     "…×H×W → …×N×H×W: the N = 8·D neighbours (9·D window pixels when `centre`) of every pixel."
-    return x.flatten(-2)[..., neighbour_index(*x.shape[-2:], dilations, centre, x.device)]
+    return torch.stack(neighbour_views(x, dilations, centre), -3)
 
 # %% ../nbs/11_pamr.ipynb #ecac00c1
 def _check_image(image):
@@ -58,32 +65,29 @@ def _desc(x): return f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) el
 def local_std(image: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
     "σ (B×K×H×W): unbiased std of the 9·D window pixels of all dilations, per pixel and image channel."
     _check_image(image)
-    win = neighbours(image, dilations, centre=True)
-    return (win - win.mean(2, keepdim=True)).norm(dim=2) / (win.shape[2] - 1) ** .5   # = win.std(2), faster
+    win = neighbour_views(image, dilations, centre=True)
+    mean = torch.zeros_like(image)
+    for v in win: mean += v
+    mean /= len(win)
+    var, d = torch.zeros_like(image), torch.empty_like(image)
+    for v in win: var.addcmul_(torch.sub(v, mean, out=d), d)
+    return var.div_(len(win) - 1).sqrt_()
 
 def colour_kernel(image: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
     "Pre-softmax kernel κ(i, n) = −|I_i − I_n| / (1e-8 + 0.1·σ_i), averaged over the image channels (B×8D×H×W)."
-    k = (image.unsqueeze(2) - neighbours(image, dilations)).abs_()
-    return k.div_(1e-8 + 0.1 * local_std(image, dilations).unsqueeze(2)).mean(1).neg_()
+    den = local_std(image, dilations).mul_(0.1).add_(1e-8)
+    nb = neighbour_views(image, dilations)
+    B, K, H, W = image.shape
+    out, d = image.new_empty(B, len(nb), H, W), torch.empty_like(image)
+    for j, v in enumerate(nb):
+        torch.sum(torch.sub(image, v, out=d).abs_().div_(den), 1, out=out[:, j])
+    return out.div_(-K)
 
 def pamr_affinity(image: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
     "PAMR's α_in = exp κ(i, n) / Σ_q exp κ(i, q), a softmax over the 8·D neighbours of each pixel (B×8D×H×W)."
     return colour_kernel(image, dilations).softmax(1)
 
 # %% ../nbs/11_pamr.ipynb #1497f35e
-def propagation_matrix(affinity: torch.Tensor, dilations=DEFAULT_DILATIONS) -> torch.Tensor:
-    "Sparse CSR (B·H·W)×(B·H·W) matrix P of Eq. 7 from `affinity` B×8D×H×W (row i: α_in at i's neighbours)."
-    B, N, H, W = affinity.shape
-    idx, order = neighbour_index(H, W, dilations, device=affinity.device).flatten(1).T.sort(-1)  # HW×N, every block
-    cols = idx + H * W * torch.arange(B, device=affinity.device)[:, None, None]
-    vals = affinity.flatten(2).transpose(1, 2).gather(-1, order.expand(B, -1, -1))         # B×HW×N
-    itype = torch.int32 if B * H * W * N < 2**31 else torch.int64
-    crow = torch.arange(0, B * H * W * N + 1, N, device=affinity.device, dtype=itype)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, cols.flatten().to(itype), vals.flatten(), (B * H * W, B * H * W),
-                                       check_invariants=False)
-
 def _check_num_iter(num_iter):
     check_int(num_iter, "num_iter", 0)
 
@@ -95,13 +99,13 @@ def propagate(mask: torch.Tensor, affinity: torch.Tensor, dilations=DEFAULT_DILA
     if affinity.ndim != 4 or mask.ndim != 4 or affinity.shape != (mask.shape[0], n, *mask.shape[-2:]):
         raise DataError(f"affinity: expected shape (B, 8·D, H, W) = {(mask.shape[0], n, *mask.shape[-2:])} "
                         f"for a mask of shape {tuple(mask.shape)}, got {tuple(affinity.shape)}")
-    B, C, H, W = mask.shape
-    P, x = propagation_matrix(affinity, dilations), mask.permute(0, 2, 3, 1).reshape(-1, C)
-    steps = [mask]
+    a, x, steps = affinity.unsqueeze(2), mask, [mask]          # a[:, j]: B×1×H×W, one weight for all channels
     for _ in range(num_iter):
-        x = P @ x
-        steps.append(x.view(B, H, W, C).permute(0, 3, 1, 2).contiguous())
-    return (steps[-1], steps) if return_steps else steps[-1]
+        nb = neighbour_views(x, dilations)
+        x = torch.mul(nb[0], a[:, 0])
+        for j in range(1, n): x.addcmul_(nb[j], a[:, j])
+        steps.append(x)
+    return (x, steps) if return_steps else x
 
 # %% ../nbs/11_pamr.ipynb #8a50ed05
 def check_refinement_inputs(image, mask, num_iter, labels=None):
