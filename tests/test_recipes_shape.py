@@ -82,6 +82,6 @@ def test_run_values_win():
     bench = run_config(method="shape")
     mc = bench.method_cfg
     assert (bench.optimizer, mc["spr_class_norm"], mc["spr_scores"], mc["aspp_channels"]) == (
-        "adamw", "pamr", "probs", 128)
+        "adamw", "pamr", "probs", None)             # None: the backbone's head width (issue 17)
     with pytest.raises(ConfigError, match="spr_class_norm"):
         run_config(method="shape", recipe="official", **{"method_cfg.spr_class_norm": "sigma2"})
