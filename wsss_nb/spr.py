@@ -142,7 +142,7 @@ def pseudo_label_map(refined: torch.Tensor, cutoff: float = 0.6, cutoff_low: flo
     check_num(cutoff_low, "cutoff_low", 0, 1)
     top, cls = refined.max(1)
     thr = (top.amax((1, 2), keepdim=True) * cutoff).clamp_min(cutoff_low)
-    alone = (refined > thr[:, None]).sum(1) == 1
+    alone = (refined > thr[:, None]).sum(1, dtype=torch.int16) == 1
     return cls.masked_fill_(~alone, IGNORE_INDEX)
 
 # %% ../nbs/21_spr.ipynb #0fb764c4

@@ -263,13 +263,11 @@ class NGWPSegmenter(Method):
             return masks, self.refine(image_raw.float(), masks, out, labels)
 
     @torch.no_grad()
-    def pseudo_supervision(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor, full: bool = True) -> dict:
-        """Cleaned masks, their refinement and the binary pseudo GT, all B×(C+1)×H×W at the image's size (`full=False`:
-        the pseudo GT alone, what the losses need)."""
+    def pseudo_supervision(self, image_raw: torch.Tensor, out: dict, labels: torch.Tensor) -> dict:
+        "Cleaned masks, their refinement and the binary pseudo GT, all B×(C+1)×H×W at the image's size (for figures)."
         masks, refined = self.refined_masks(image_raw, out, labels)
-        sup = dict(pseudo_gt=self.threshold(refined))
-        if full: sup.update(masks=resize(masks, image_raw.shape[-2:], align_corners=True), refined=refined)
-        return sup
+        return dict(masks=resize(masks, image_raw.shape[-2:], align_corners=True), refined=refined,
+                    pseudo_gt=self.threshold(refined))
 
     def predict(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         "The masks at the image's size (B×(C+1)×H×W); absent classes removed when `labels` are given."
@@ -285,8 +283,7 @@ class NGWPSegmenter(Method):
     def pseudo_labels(self, batch: dict) -> torch.Tensor:
         "The pseudo GT the mask loss would use now, as B×H×W class indices (255 ignored)."
         out = self.forward(batch)
-        sup = self.pseudo_supervision(batch["image_raw"], out, batch["labels"], full=False)
-        return pseudo_gt_labels(sup["pseudo_gt"])
+        return pseudo_gt_labels(self.threshold(self.refined_masks(batch["image_raw"], out, batch["labels"])[1]))
 
 # %% ../nbs/12_ssss.ipynb #eced63c1
 class SSSS(NGWPSegmenter):
@@ -367,7 +364,7 @@ class SSSS(NGWPSegmenter):
         cls = F.multilabel_soft_margin_loss(out["logits"], labels)
         if epoch < self.cfg.pretrain_epochs:
             return dict(cls=cls, seg=torch.zeros_like(cls), total=cls)
-        pgt = self.pseudo_supervision(batch["image_raw"], out, labels, full=False)["pseudo_gt"]
+        pgt = self.threshold(self.refined_masks(batch["image_raw"], out, labels)[1])     # no full-size mask copy
         seg = balanced_mask_loss_ce(with_background(out["cams"]), pgt, labels).mean()
         return dict(cls=cls, seg=seg, total=cls + self.cfg.seg_weight * seg)
 
