@@ -51,7 +51,7 @@ class Backbone(nn.Module):
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
             raise DataError(f"x: {self.name} expects a B×3×H×W image batch, got "
                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        return self._features(x)
+        return self._features(x.contiguous(memory_format=torch.channels_last))   # NHWC: see `build_method`
 
     def _features(self, x): raise NotImplementedError
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from .core import ConfigError, DataError, check_int, check_num, check_shape, check_labels, resize
 
 # %% auto #0
-__all__ = ['conv_bn_relu', 'aspp_rates', 'check_rates', 'ASPP', 'ASPPV2', 'DeepLabV3PlusDecoder', 'CAMHead', 'normalize_cams',
-           'cams_to_probs', 'cosine_logits', 'CosineClassifier']
+__all__ = ['conv_bn_relu', 'aspp_rates', 'check_rates', 'Dropout', 'ASPP', 'ASPPV2', 'DeepLabV3PlusDecoder', 'CAMHead',
+           'normalize_cams', 'cams_to_probs', 'cosine_logits', 'CosineClassifier']
 
 # %% ../nbs/06_heads.ipynb #5e619e0b
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -41,6 +41,20 @@ def check_rates(rates) -> tuple[int, ...]:
         raise ConfigError(f"rates={rates!r}: expected a non-empty sequence of positive integer dilation rates")
     return tuple(rates)
 
+# %% ../nbs/06_heads.ipynb #d8925486
+class Dropout(nn.Module):
+    """`nn.Dropout`, its mask drawn by `rand_like`: zero each element with probability p, scale the rest by 1/(1 − p).
+    Same distribution; torch's `bernoulli_` costs 4–7× as much on the CPU (≈ 6 ms of an `ssss` training step)."""
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = check_num(p, "p", 0, 1, hi_open=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0: return x
+        return x * (torch.rand_like(x) >= self.p).to(x.dtype).div_(1 - self.p)
+
+    def extra_repr(self): return f"p={self.p}"
+
 # %% ../nbs/06_heads.ipynb #0a62a5e8
 class ASPP(nn.Module):
     """DeepLabv3 ASPP: 1×1, three dilated 3×3 and an image-pooling branch, concatenated and projected to `out_channels`:
@@ -59,7 +73,7 @@ class ASPP(nn.Module):
         nn.init.zeros_(pool_conv.bias)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), pool_conv, nn.ReLU(inplace=True))  # no BN: batch 1 works
         self.project = nn.Sequential(conv_bn_relu(out_channels * (len(rates) + 2), out_channels, 1),
-                                     nn.Dropout(dropout))
+                                     Dropout(dropout))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         "B×in_channels×h×w → B×out_channels×h×w."

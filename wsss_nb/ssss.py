@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import ConfigError, DataError, IGNORE_INDEX, check_int, check_num, check_shape, check_labels, resize
-from .heads import ASPP, DeepLabV3PlusDecoder, aspp_rates, conv_bn_relu
+from .heads import ASPP, DeepLabV3PlusDecoder, Dropout, aspp_rates, conv_bn_relu
 from .methods import Method, mask_absent, with_head_width
 from .pamr import PAMR
 
@@ -212,8 +212,8 @@ class NGWPSegmenter(Method):
         rates = aspp_rates(self.backbone.strides["deep"])
         self.aspp = ASPP(ch["deep"], c.aspp_channels, rates=rates, dropout=c.aspp_dropout)
         self.build_decoder(ch)
-        self.head = nn.Sequential(nn.Dropout(c.decoder_dropout[0]), conv_bn_relu(k, k, 3),
-                                  nn.Dropout(c.decoder_dropout[1]), nn.Conv2d(k, num_classes - 1, 1))
+        self.head = nn.Sequential(Dropout(c.decoder_dropout[0]), conv_bn_relu(k, k, 3),
+                                  Dropout(c.decoder_dropout[1]), nn.Conv2d(k, num_classes - 1, 1))
         if c.freeze_aspp_bn: self.train(self.training)
 
     def train(self, mode: bool = True):

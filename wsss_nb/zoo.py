@@ -4,6 +4,7 @@
 
 # %% ../nbs/49_zoo.ipynb #aefc04c9
 from __future__ import annotations
+import torch
 
 from .core import ConfigError
 from .methods import Method, BackboneConfig, FullySupervised
@@ -36,9 +37,9 @@ def method_config(name: str, cfg: dict | None = None):
 
 def build_method(name: str, num_classes: int, cfg: dict | None = None,
                  backbone: BackboneConfig | None = None) -> Method:
-    "Method `name` for `num_classes` classes (background included) with its config dict and backbone."
+    "Method `name` for `num_classes` classes (background included) with its config dict and backbone; weights NHWC."
     cfg = method_config(name, cfg)
-    return METHODS[name](num_classes, cfg, backbone)
+    return METHODS[name](num_classes, cfg, backbone).to(memory_format=torch.channels_last)
 
 # %% ../nbs/49_zoo.ipynb #c7315335
 # the run-config fields a recipe sets (unless the run sets them)
