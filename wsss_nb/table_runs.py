@@ -170,11 +170,11 @@ def write_index(out_dir="papers_tables") -> Path:
     out = Path(out_dir)
     lines = ["# The papers' tables on the built-in benchmark", "",
              "Each table re-runs a paper's ablation on the synthetic benchmark (`wsss_nb.synthetic`) and prints our "
-             "numbers beside the paper's PASCAL VOC numbers. The claim columns say whether the paper's direction of "
-             "effect holds here (n/a: a row of the claim is another paper's method or runs only in the full "
-             "profile). Quick-profile numbers come from one seed and a few epochs on a few hundred images: "
-             "a smoke signal that every grid point runs, not evidence; `wsss-nb tables --profile full` runs three "
-             "seeds at full size.", ""]
+             "numbers beside the paper's PASCAL VOC numbers. A claim's verdict comes from a paired comparison over "
+             "seeds (`wsss_nb.tables.paired_effect`): it holds when the 95 % t-interval of the effect lies above 0, is "
+             "reversed when it lies below, and is inconclusive otherwise — always with one seed (n/a: a row of the "
+             "claim is another paper's method or is not in the profile). Quick-profile numbers come from one seed "
+             "and a few epochs on a few hundred images: a smoke signal that every grid point runs, not evidence.", ""]
     every = [_read_table_json(f) for f in sorted((out/"results").glob("*.json"))]   # each read once; DataError: corrupt
     for paper, title in PAPERS.items():
         recs = [r for r in every if r["paper"] == paper]
@@ -183,12 +183,11 @@ def write_index(out_dir="papers_tables") -> Path:
         for r in recs:
             v = [c["verdict"] for c in r["claims"]]
             reading = "; ".join(f"{c['better']} > {c['worse']}: {c['verdict']}" for c in r["claims"])
-            decided, na = len(v) - v.count("n/a"), (f" ({v.count('n/a')} n/a)" if v.count("n/a") else "")
-            count = f"{v.count('holds')}/{decided}{na}" if v else "–"
+            count = " / ".join(str(v.count(k)) for k in ("holds", "reversed", "inconclusive", "n/a")) if v else "–"
             rows.append([f"[{r['paper_table']}]({r['id']}.md)", r["caption"], r["profile"], count,
                          reading or "no directional claim"])
-        lines += [f"## {title}", "", md_table(["Table", "What", "Profile", "Claims holding / decided", "Reading"],
-                                                rows), ""]
+        head = ["Table", "What", "Profile", "Claims: holds / reversed / inconclusive / n/a", "Reading"]
+        lines += [f"## {title}", "", md_table(head, rows), ""]
     return atomic_write_text(out/"README.md", "\n".join(lines))
 
 # %% ../nbs/70a_table_runs.ipynb #8d89a44d

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .core import ConfigError
 from .metrics import mean_std
 from .infer import PROTOCOLS, describe_protocol
 
 # %% auto #0
-__all__ = ['PAPERS', 'PROFILES', 'Row', 'Claim', 'TableSpec', 'mc', 'grid', 'table_points', 'as_percent', 'summarize', 'md_table',
-           'describe_recipes', 'table_markdown']
+__all__ = ['PAPERS', 'PROFILES', 'Row', 'Claim', 'TableSpec', 'mc', 'grid', 'table_points', 'as_percent', 'paired_effect',
+           'summarize', 'md_table', 'describe_recipes', 'claim_numbers', 'table_markdown']
 
 # %% ../nbs/70_tables.ipynb #45272bf8
 PAPERS = {"ssss": "Single-stage semantic segmentation from image labels (Araslanov & Roth, CVPR 2020)",
@@ -127,13 +128,28 @@ def as_percent(v: float | None) -> float | None:
     "A score in percent: a fraction in [-1, 1] times 100, a larger value as it is (already percent), None kept."
     return None if v is None else (100 * v if abs(v) <= 1.0 else v)
 
+# %% ../nbs/70_tables.ipynb #74183f0e
+def paired_effect(better: dict, worse: dict, level: float = 0.95) -> dict:
+    """Paired comparison of two rows' values by seed (seed → value, in points): the seeds both have, the mean
+    difference d̄ (`effect`), its two-sided `level` t-interval (`lo`, `hi`), the t-test's `p` and the verdict."""
+    seeds = sorted(set(better) & set(worse))
+    d = np.array([better[s] - worse[s] for s in seeds], dtype=float)
+    out = dict(n_seeds=len(seeds), effect=float(d.mean()) if len(d) else None, lo=None, hi=None, p=None)
+    if len(d) == 0: return dict(out, verdict="n/a")
+    if len(d) == 1: return dict(out, verdict="inconclusive")
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * se)
+    p = float(2 * stats.t.sf(abs(d.mean()) / se, len(d) - 1)) if se > 0 else float(d.mean() == 0)
+    lo, hi = out["effect"] - half, out["effect"] + half
+    return dict(out, lo=lo, hi=hi, p=p, verdict="holds" if lo > 0 else "reversed" if hi < 0 else "inconclusive")
+
 # %% ../nbs/70_tables.ipynb #d46c672e
 def _fmt(vals):
     v = [x for x in vals if x is not None]
     return mean_std(v, sep=" ± ") if v else ("failed" if vals else "n/a")
 
 def summarize(spec: TableSpec, points: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
-    "Per-row table (row, ours, paper, n, failed) and the claims with their verdicts from finished points."
+    "Per-row table (row, ours, paper, n, failed) and the claims with their paired effects and verdicts."
     by_row = {r.label: [] for r in spec.rows}
     shown = {p["row"] for p in points}
     for p in points: by_row[p["row"]].append(as_percent(p.get("value")))
@@ -144,11 +160,16 @@ def summarize(spec: TableSpec, points: list[dict]) -> tuple[pd.DataFrame, list[d
     df = pd.DataFrame([dict(row=r.label, ours=ours(r), paper=r.paper, mean=means[r.label],
                             n=sum(x is not None for x in by_row[r.label]),
                             failed=sum(x is None for x in by_row[r.label])) for r in spec.rows])
+    by_seed = {k: {} for k in by_row}
+    for p in points:
+        if as_percent(p.get("value")) is not None: by_seed[p["row"]][p["seed"]] = as_percent(p["value"])
+    paper = {r.label: r.paper for r in spec.rows}
     claims = []
     for c in spec.claims:
-        a, b = means[c.better], means[c.worse]
-        verdict = "n/a" if a is None or b is None else ("holds" if a > b else "does not hold")
-        claims.append(dict(text=c.text, better=c.better, worse=c.worse, ours_better=a, ours_worse=b, verdict=verdict))
+        pb, pw = paper[c.better], paper[c.worse]
+        claims.append(dict(text=c.text, better=c.better, worse=c.worse, ours_better=means[c.better],
+                           ours_worse=means[c.worse], **paired_effect(by_seed[c.better], by_seed[c.worse]),
+                           paper_effect=None if pb is None or pw is None else pb - pw))
     return df, claims
 
 # %% ../nbs/70_tables.ipynb #27816f74
@@ -169,6 +190,14 @@ def describe_recipes(spec: TableSpec) -> str:
 # %% ../nbs/70_tables.ipynb #a9c048e9
 def _paper_cell(v) -> str: return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 
+def claim_numbers(c: dict) -> str:
+    "A claim's numbers in words: the rows' means, the paired effect with its interval, the paper's effect."
+    if c["verdict"] == "n/a": return ""
+    paper = "" if c.get("paper_effect") is None else f"; paper {c['paper_effect']:+.1f}"
+    if c["lo"] is None: eff = f"{c['effect']:+.1f} on one seed, no interval"
+    else: eff = f"{c['effect']:+.1f} [95 % CI {c['lo']:+.1f}, {c['hi']:+.1f}] over {c['n_seeds']} seeds"
+    return f" ({c['ours_better']:.1f} vs {c['ours_worse']:.1f}: {eff}{paper})"
+
 def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profile: str, points: list[dict]) -> str:
     "The table as GitHub markdown: rows with ours and the paper's number, the claims, failures."
     metric = spec.metric.split(".")[-1]
@@ -182,9 +211,8 @@ def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profil
                      [[r.row, r.ours, _paper_cell(r.paper)] for r in df.itertuples()])]
     if claims:
         out += ["", "## The paper's claims on this benchmark", ""]
-        for c in claims:
-            nums = "" if c["verdict"] == "n/a" else f" ({c['ours_better']:.1f} vs {c['ours_worse']:.1f})"
-            out.append(f"- {c['text']} — *{c['better']}* > *{c['worse']}*: **{c['verdict']}**{nums}")
+        for c in claims: out.append(f"- {c['text']} — *{c['better']}* > *{c['worse']}*: **{c['verdict']}**"
+                                    + claim_numbers(c))
     failed = [p for p in points if p["status"] == "failed"]
     if failed:
         out += ["", "## Failed points", ""] + [f"- {p['row']} (seed {p['seed']}): `{p['error']}`" for p in failed]
