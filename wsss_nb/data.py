@@ -36,6 +36,7 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 
 def read_classes(root) -> tuple[str, ...]:
     "Foreground class names: `root/classes.txt` when present, else the 20 VOC classes."
+    if not isinstance(root, (str, os.PathLike)): raise ConfigError(f"root={root!r}: expected a dataset folder path")
     p = Path(root)/"classes.txt"
     if not p.exists(): return VOC_CLASSES
     names = tuple(ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip())

@@ -90,6 +90,8 @@ def spr(
     elif not isinstance(scores, torch.Tensor) or scores.shape != mask.shape:
         raise DataError(f"scores: expected the mask's shape {tuple(mask.shape)}, got "
                         f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
+    elif not torch.isfinite(scores).all():
+        raise DataError(f"scores: expected finite values, found {int((~torch.isfinite(scores)).sum())} NaN/inf")
     image = image.to(mask.dtype)
     size = image.shape[-2:]
     mask, scores = resize(mask, size, align_corners=True), resize(scores.to(mask.dtype), size, align_corners=True)
