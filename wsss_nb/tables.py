@@ -64,6 +64,7 @@ class TableSpec:
     params: dict = field(default_factory=dict)    # experiment parameters shared by all rows
     claims: list = field(default_factory=list)
     quick: dict = field(default_factory=dict)     # extra RunConfig overrides of the quick profile
+    evidence: dict = field(default_factory=dict)  # extra RunConfig overrides of the evidence profile
     notes: str = ""                    # multi-line text allowed: kept as one paragraph
 
     def __post_init__(self):
@@ -105,18 +106,23 @@ PROFILES = {   # every point trains with the run config's default recipe, "bench
     "quick": dict(seeds=(0,), run=dict(max_train_images=120, max_val_images=40, epochs=3, progress=False),
                   bana=dict(max_train_images=120, max_val_images=40, cls_epochs=10, seg_epochs=8, progress=False)),
     "full":  dict(seeds=(0, 1, 2), run=dict(epochs=15, progress=False), bana=dict(progress=False)),
+    # the rows the claims name, three seeds, sized so that every table's claims fit 150 minutes of this 2-core CPU
+    "evidence": dict(seeds=(0, 1, 2), claims_only=True,
+                     run=dict(max_train_images=600, max_val_images=100, epochs=8, progress=False),
+                     bana=dict(max_train_images=600, max_val_images=100, cls_epochs=12, seg_epochs=8, progress=False)),
 }
 
 def table_points(spec: TableSpec, profile: str = "quick", runs_root="runs", data_root=None) -> list[dict]:
     "The table's grid: one dict per (row, seed) with the point's RunConfig dict, parameters and metric."
     if profile not in PROFILES: raise ConfigError(f"profile={profile!r}: expected one of {list(PROFILES)}")
-    prof = PROFILES[profile]
+    prof, extra = PROFILES[profile], {"quick": spec.quick, "evidence": spec.evidence}.get(profile, {})
+    named = {lab for c in spec.claims for lab in (c.better, c.worse)}
     pts, out_dir = [], Path(runs_root).absolute()/("bana" if spec.kind == "bana" else "")
     for row in spec.rows:
         if not row.runnable or (profile == "quick" and not row.quick): continue
+        if prof.get("claims_only") and row.label not in named: continue
         for seed in prof["seeds"]:
-            cfg = {**prof[spec.kind], **spec.base, **(spec.quick if profile == "quick" else {}), **row.overrides,
-                   "seed": seed, "out_dir": str(out_dir)}
+            cfg = {**prof[spec.kind], **spec.base, **extra, **row.overrides, "seed": seed, "out_dir": str(out_dir)}
             if data_root is not None: cfg["data_root"] = str(data_root)
             cfg["data_root"] = str(Path(cfg.get("data_root", "data/synthetic")).absolute())
             params = {**({"protocol": spec.protocol} if spec.protocol else {}), **spec.params, **row.params}
