@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import WSSSError, ConfigError
 
 # %% auto #0
-__all__ = ['cmd_make_data', 'cmd_train', 'cmd_eval', 'cmd_bench', 'cmd_tables', 'cmd_lab', 'build_parser', 'main']
+__all__ = ['cmd_make_data', 'cmd_train', 'cmd_eval', 'cmd_bench', 'cmd_tables', 'lab_command', 'cmd_lab', 'build_parser', 'main']
 
 # %% ../nbs/80_cli.ipynb #817e4e09
 def _key_values(items: list[str], flag: str = "--set") -> dict:
@@ -116,12 +116,31 @@ def cmd_tables(args) -> int:
     return 1 if n_failed else 0
 
 # %% ../nbs/80_cli.ipynb #533d8187
+def lab_command(extra=(), nbs=None, as_root: bool | None = None) -> list[str]:
+    """The command `wsss-nb lab` execs: `python -m jupyterlab` on `nbs` (this checkout's notebooks) with `extra`; no
+    notebook folder when `extra` names one, and `--allow-root` as root unless `extra` says anything of allow_root."""
+    import os
+    extra = [str(a) for a in extra]
+    def says(*names):                                   # `--allow-root`, `--ServerApp.allow_root=False`, ...
+        return any(a.startswith("-") and a.split("=")[0].lstrip("-").replace("-", "_").lower().endswith(names)
+                   for a in extra)
+    cmd = [sys.executable, "-m", "jupyterlab"]
+    if not says("notebook_dir", "root_dir"):
+        nbs = Path(__file__).resolve().parent.parent/"nbs" if nbs is None else Path(nbs)
+        if not nbs.is_dir(): raise ConfigError(f"{nbs}: notebooks folder not found (run from a source checkout, or "
+                                               "give --notebook-dir)")
+        cmd.append(f"--notebook-dir={nbs}")
+    if (os.geteuid() == 0 if as_root is None else as_root) and not says("allow_root"): cmd.append("--allow-root")
+    return cmd + extra
+
 def cmd_lab(args) -> int:
-    "Open JupyterLab on the notebooks."
-    import subprocess
-    nbs = Path(__file__).resolve().parent.parent/"nbs"
-    if not nbs.is_dir(): raise ConfigError(f"{nbs}: notebooks folder not found (run from a source checkout)")
-    return subprocess.call([sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={nbs}", *args.extra])
+    "Replace this process by JupyterLab on the notebooks (its PID becomes JupyterLab's); other arguments go to it."
+    import os
+    cmd = lab_command(args.extra)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)                                # returns only by raising OSError, which `main` reports
+    return 1
 
 # %% ../nbs/80_cli.ipynb #dc474442
 class _Parser(argparse.ArgumentParser):
@@ -236,10 +255,27 @@ def _add_tables(sub):
     tb.set_defaults(func=cmd_tables)
 
 # %% ../nbs/80_cli.ipynb #3a492b45
+class _PassThrough(_Parser):
+    "A sub-command's parser that hands what it does not know, in order, to the program it starts; after `--` all."
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        verbatim = []
+        if "--" in args: args, verbatim = args[:args.index("--")], args[args.index("--") + 1:]
+        ns, rest = super().parse_known_args(args, namespace)
+        ns.extra = [*rest, *verbatim]
+        return ns, []
+
 def _add_lab(sub):
-    lab = sub.add_parser("lab", help="open JupyterLab on nbs/")
-    lab.add_argument("extra", nargs=argparse.REMAINDER, help="arguments passed to jupyter lab")
-    lab.set_defaults(func=cmd_lab)
+    lab = sub.add_parser(
+        "lab", help="open JupyterLab on nbs/ (other arguments go to JupyterLab)",
+        usage="wsss-nb lab [-h] [JupyterLab arguments ...]",
+        description="Replace this process by JupyterLab on this checkout's notebooks (nbs/): its PID becomes "
+        "JupyterLab's. Every argument but -h goes to JupyterLab, e.g. `wsss-nb lab --no-browser --port 8890`; after "
+        "`--` every one does (`wsss-nb lab -- --help` lists JupyterLab's). --notebook-dir=nbs/ is added unless an "
+        "argument names notebook_dir or root_dir; run as root, --allow-root is added unless an argument names "
+        "allow_root (`--ServerApp.allow_root=False` keeps JupyterLab's refusal).")
+    lab.__class__ = _PassThrough                        # argparse makes every sub-parser of one class
+    lab.set_defaults(func=cmd_lab, extra=[])
 
 # %% ../nbs/80_cli.ipynb #5666bed5
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@
 
 # %% ../nbs/60_explore.ipynb #67d4d037
 from __future__ import annotations
+import csv
 import html
 import json
 import time
@@ -14,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import matplotlib.pyplot as plt
 import ipywidgets as widgets
 
-from .core import WSSSError, ConfigError, DataError, IGNORE_INDEX, to_numpy, check_int, check_num, resize
-from .plot import as_rgb, show_image, show_mask, show_heatmap, draw_boxes, image_grid, highlight, figure_png
+from .core import (WSSSError, ConfigError, DataError, IGNORE_INDEX, to_numpy, to_dict, check_int, check_num,
+                          resize)
+from .plot import as_rgb, show_image, show_mask, show_heatmap, draw_boxes, highlight, figure_png
 from .data import VOCDataset, Normalize, read_image, read_classes
 from .metrics import image_iou
 from .crf import dense_crf
@@ -29,13 +32,16 @@ from .bap import check_boxes, boxes_to_mask, grid_cells, background_queries, bac
 from .box_pseudo import generate_pseudo_labels, pseudo_config, read_pseudo_labels
 from .nal import read_confidence_maps
 from .infer import load_run, predict_image, to_uint8, InferConfig
+from .train import run_config
 
 # %% auto #0
-__all__ = ['DILATION_SETS', 'Source', 'dataset', 'is_run', 'open_run', 'resolve_source', 'as_probs', 'initial_mask',
-           'explorer_widget', 'close_explorer', 'affinity_map', 'PAMRView', 'pamr_figure', 'pamr_explorer', 'SCMView',
-           'scm_figure', 'scm_explorer', 'SPRView', 'spr_figure', 'spr_explorer', 'class_cam', 'BAPView', 'bap_figure',
-           'bap_explorer', 'rescale_confidence', 'ConfidenceView', 'confidence_figure', 'confidence_explorer',
-           'find_runs', 'RunView', 'run_figure', 'run_explorer']
+__all__ = ['VOID_GT', 'VOID_PSEUDO', 'DILATION_SETS', 'Source', 'dataset', 'is_run', 'open_run', 'downscale', 'resolve_source',
+           'as_probs', 'initial_mask', 'panel_figure', 'panel_info', 'pick_pixel', 'explorer_widget', 'close_explorer',
+           'affinity_map', 'PAMRView', 'pamr_figure', 'pamr_explorer', 'SCMView', 'scm_figure', 'scm_explorer',
+           'SPRView', 'spr_figure', 'spr_explorer', 'class_cam', 'BAPView', 'bap_figure', 'bap_explorer',
+           'rescale_confidence', 'ConfidenceView', 'confidence_figure', 'confidence_explorer', 'config_changes',
+           'changes_text', 'table_points', 'RunInfo', 'run_info', 'run_infos', 'find_runs', 'RunView', 'run_figure',
+           'run_explorer']
 
 # %% ../nbs/60_explore.ipynb #be963b10
 @dataclass
@@ -77,8 +83,13 @@ def open_run(run_dir):
 
 # %% ../nbs/60_explore.ipynb #6599ce19
 def _index(ds, index, what="index"):
+    if isinstance(index, str):
+        if index in ds.names: return list(ds.names).index(index)
+        raise ConfigError(f"{what}={index!r}: no image of that name in {ds.root} split {ds.split!r} "
+                          f"(its names run {ds.names[0]!r}..{ds.names[-1]!r})")
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(ds):
-        raise ConfigError(f"{what}={index!r}: {ds.root} split {ds.split!r} has images 0..{len(ds) - 1}")
+        raise ConfigError(f"{what}={index!r}: {ds.root} split {ds.split!r} has images 0..{len(ds) - 1} "
+                          "(or give an image's name)")
     return index
 
 def _image_sample(x, name: str) -> dict:
@@ -90,10 +101,51 @@ def _image_sample(x, name: str) -> dict:
     raw = torch.from_numpy(np.ascontiguousarray(as_rgb(a))).permute(2, 0, 1).float()
     return Normalize()(dict(image_raw=raw, name=name))
 
+# %% ../nbs/60_explore.ipynb #4e781cab
+def downscale(sample: dict, max_size: int | None) -> dict:
+    "`sample` with its image shrunk (area) to a longer side of at most `max_size` pixels; mask (nearest) and boxes too."
+    if max_size is None: return sample
+    check_int(max_size, "max_size", 16)
+    H, W = sample["image_raw"].shape[-2:]
+    if max(H, W) <= max_size: return sample
+    h, w = max(1, round(H * max_size / max(H, W))), max(1, round(W * max_size / max(H, W)))
+    out = dict(sample, image_raw=resize(sample["image_raw"][None].float(), (h, w), "area")[0].clamp(0, 1))
+    if sample.get("mask") is not None: out["mask"] = resize(torch.as_tensor(sample["mask"]), (h, w), "nearest")
+    if sample.get("boxes") is not None:
+        b = torch.as_tensor(sample["boxes"], dtype=torch.float32).clone()
+        b[:, [0, 2]] *= w / W
+        b[:, [1, 3]] *= h / H
+        out["boxes"] = b
+    return Normalize()(out)
+
+# %% ../nbs/60_explore.ipynb #01fee05c
+def _class_names(class_names=None, num_classes=None) -> tuple | None:
+    "Background-first names from foreground `class_names` and/or `num_classes` (background included); None if neither."
+    if class_names is None and num_classes is None: return None
+    if class_names is None:
+        return ("background", *(f"class {c}" for c in range(1, check_int(num_classes, "num_classes", 2))))
+    names = (class_names,) if isinstance(class_names, str) else tuple(str(n) for n in class_names)
+    if not names or "background" in names or len(set(names)) != len(names):
+        raise ConfigError(f"class_names={list(names)}: expected distinct foreground class names "
+                          "('background' is class 0 and is added)")
+    if num_classes is not None and num_classes != len(names) + 1:
+        raise ConfigError(f"num_classes={num_classes!r}: class_names names {len(names)} foreground classes, "
+                          f"{len(names) + 1} with background")
+    return ("background", *names)
+
+def _classes_of(mask) -> int:
+    "How many classes (background included) a mask needs: a probability map's channels, a label map's largest + 1."
+    m = to_numpy(mask)
+    if m.ndim == 3: return int(m.shape[0])
+    lab = m[m != IGNORE_INDEX]
+    return int(lab.max()) + 1 if lab.size else 1
+
 # %% ../nbs/60_explore.ipynb #d1b3fcc9
-def resolve_source(source, run=None, index: int = 0, split: str = "val") -> Source:
+def resolve_source(source, run=None, index: int | str = 0, split: str = "val", class_names=None,
+                   num_classes: int | None = None, max_size: int | None = None, mask=None) -> Source:
     "A `Source` from a sample dict, an image file or array, a dataset root or a run folder (image `index` of `split`)."
     if isinstance(source, Source): return source
+    given = _class_names(class_names, num_classes)
     model = cfg = rd = None
     if is_run(source): run = source if run is None else run
     if run is not None:
@@ -119,13 +171,17 @@ def resolve_source(source, run=None, index: int = 0, split: str = "val") -> Sour
                             f"got {type(source).__name__}")
     if names is None and cfg is not None:
         names = ("background", *read_classes(cfg.data_root))
+    if names is not None and given is not None and len(given) != len(names):
+        raise ConfigError(f"class_names/num_classes: {len(given)} classes with background, "
+                          f"but the {'run' if cfg is not None else 'dataset'} has {len(names)}")
+    names = given or names
     if names is None:
-        n = (len(sample["labels"]) + 1 if "labels" in sample else
-             int(sample["mask"][sample["mask"] != IGNORE_INDEX].max()) + 1 if "mask" in sample else 1)
+        n = max(len(sample["labels"]) + 1 if "labels" in sample else 1,
+                _classes_of(sample["mask"]) if "mask" in sample else 1, 1 if mask is None else _classes_of(mask))
         names = ("background", *(f"class {c}" for c in range(1, n)))
     if model is not None and model.num_classes != len(names):
         raise ConfigError(f"run={run}: its model has {model.num_classes} classes, the source {len(names)}")
-    return Source(sample, tuple(names), model, cfg, rd)
+    return Source(downscale(sample, max_size), tuple(names), model, cfg, rd)
 
 # %% ../nbs/60_explore.ipynb #e6d2e285
 def as_probs(mask, num_classes: int) -> torch.Tensor:
@@ -135,7 +191,8 @@ def as_probs(mask, num_classes: int) -> torch.Tensor:
         m = m.long()
         bad = m[(m != IGNORE_INDEX) & ((m < 0) | (m >= num_classes))]
         if len(bad):
-            raise DataError(f"mask: labels {bad.unique()[:5].tolist()} outside 0..{num_classes - 1} and {IGNORE_INDEX}")
+            raise DataError(f"mask: labels {bad.unique()[:5].tolist()} outside 0..{num_classes - 1} and "
+                            f"{IGNORE_INDEX} (name the classes: class_names= or num_classes=)")
         return F.one_hot(m.masked_fill(m == IGNORE_INDEX, 0), num_classes).permute(2, 0, 1).float()
     if m.ndim != 3 or m.shape[0] != num_classes or not m.is_floating_point():
         raise DataError(f"mask: expected {num_classes}×h×w probabilities or an h×w label map, "
@@ -158,26 +215,139 @@ def initial_mask(src: Source, mask=None, coarse: int = 8) -> torch.Tensor:
     return resize(as_probs(gt, src.num_classes)[None], (coarse, coarse), "area")[0]
 
 # %% ../nbs/60_explore.ipynb #fc8af7f0
-def explorer_widget(title: str, controls: dict, render, view=None) -> widgets.VBox:
-    "VBox of `controls` (name → widget), the PNG of `render(**values)` and a status line; re-rendered on every change."
-    image = widgets.Image(format="png")
-    status = widgets.HTML()
-    image.add_class("wsss-explorer-image")
-    status.add_class("wsss-explorer-status")
+def panel_figure(panels: list, ncols: int = 4, size: float = 2.6, enlarge: str | None = None, aspect: float = 1.0,
+                 below: float = 0.6, zoom: float = 2.5):
+    "Figure of `panels` ((key, draw(ax)) pairs, None skipped) in rows of `ncols`, or of panel `enlarge` alone, `zoom`×."
+    panels = [p for p in panels if p is not None]
+    if enlarge is not None:
+        keep = [p for p in panels if p[0] == enlarge]
+        if not keep: raise ConfigError(f"enlarge={enlarge!r}: expected one of {[k for k, _ in panels]}")
+        panels, ncols, size = keep, 1, size * zoom
+    ncols = min(ncols, len(panels))
+    nrows = -(-len(panels) // ncols)
+    left, right, top = 0.08, 0.42, 0.5        # inches beside a panel (its colour bar's labels right), two title lines
+    pw = size - left - right
+    ph = pw * float(np.clip(aspect, 0.4, 2.5))
+    rh = top + ph + below                                 # a row: titles, panels, legends
+    W, H = ncols * size, nrows * rh
+    fig = plt.figure(figsize=(W, H))
+    fig.wsss_panels = []
+    for i, (key, draw) in enumerate(panels):
+        r, c = divmod(i, ncols)
+        ax = fig.add_axes(((c * size + left) / W, (H - r * rh - top - ph) / H, pw / W, ph / H))
+        draw(ax)
+        fig.wsss_panels.append((key, ax))
+    return fig
+
+# %% ../nbs/60_explore.ipynb #f62d3125
+def panel_info(fig) -> list[dict]:
+    "Per panel of a drawn `panel_figure`: key, title, legend entries, drawn (anything on it), box, limits, image shape."
+    out = []
+    for key, ax in getattr(fig, "wsss_panels", []):
+        leg = ax.get_legend()
+        out.append(dict(key=key, title=ax.get_title(), legend=[t.get_text() for t in leg.get_texts()] if leg else [],
+                        drawn=bool(ax.images or ax.collections or ax.patches or ax.lines),
+                        box=tuple(float(v) for v in ax.get_position().bounds), xlim=ax.get_xlim(), ylim=ax.get_ylim(),
+                        shape=tuple(ax.images[0].get_array().shape[:2]) if ax.images else None))
+    return out
+
+def pick_pixel(panels: list, fx: float, fy: float, shape) -> tuple[int, int] | None:
+    "The pixel (y, x) of an image of `shape` hit by a click at (fx, fy): fractions of the picture from its top left."
+    u, v = fx, 1 - fy
+    for p in panels:
+        x0, y0, w, h = p["box"]
+        if p["shape"] != tuple(shape) or not (x0 <= u <= x0 + w and y0 <= v <= y0 + h): continue
+        (xa, xb), (ya, yb) = p["xlim"], p["ylim"]
+        x, y = xa + (u - x0) / w * (xb - xa), ya + (v - y0) / h * (yb - ya)
+        return int(np.clip(round(y), 0, shape[0] - 1)), int(np.clip(round(x), 0, shape[1] - 1))
+    return None
+
+# %% ../nbs/60_explore.ipynb #6274d320
+_CLICK_JS = (
+    '<img alt="" style="display:none" '
+    'src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7" '
+    'onload="var el = this; var hook = function (n) {'
+    " var box = el.closest('.wsss-explorer');"
+    " if (!box) { if (50 > n) setTimeout(function () { hook(n + 1); }, 100); return; }"
+    " if (box.dataset.wsssClick) return;"
+    " box.dataset.wsssClick = '1';"
+    " box.querySelectorAll('img.wsss-explorer-image').forEach(function (i) { i.style.cursor = 'crosshair'; });"
+    " box.addEventListener('click', function (ev) {"
+    "  var img = ev.target.closest('img.wsss-explorer-image'), inp = box.querySelector('.wsss-explorer-click input');"
+    "  if (!img || !inp) return;"
+    "  var r = img.getBoundingClientRect();"
+    "  inp.value = ((ev.clientX - r.left) / r.width).toFixed(5) + ',' + ((ev.clientY - r.top) / r.height).toFixed(5)"
+    "              + ',' + Date.now();"
+    "  inp.dispatchEvent(new Event('input', {bubbles: true}));"
+    " });"
+    '}; hook(0);">'
+)
+
+def _status(text: str, panels=(), colour: str | None = None) -> str:
+    data = html.escape(json.dumps([{k: p[k] for k in ("key", "title", "legend", "drawn")} for p in panels]), quote=True)
+    style = f" style='color:{colour}'" if colour else ""
+    return f'<small data-panels="{data}"{style}>{html.escape(text)}</small>'
+
+# %% ../nbs/60_explore.ipynb #ca662116
+def explorer_widget(title: str, controls: dict, render, view=None, tools=(), pick=None, label_maps: bool = True,
+                    note: str = "") -> widgets.VBox:
+    """Title, `tools` (widgets of their own), `controls` (name → widget; their values, `enlarge` and — with `label_maps`
+    — `outline` go to `render`), a status line and the picture of `render(...)`, redrawn on every change; a click on
+    the picture sets the two controls named in `pick` (y, x) to the pixel it hits."""
+    image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto", align_self="flex-start"))
+    status, click = widgets.HTML(), widgets.Text(layout=widgets.Layout(display="none"))
+    for w, name in ((image, "image"), (status, "status"), (click, "click")): w.add_class(f"wsss-explorer-{name}")
+    controls = dict(controls)
+    if label_maps:
+        controls["outline"] = widgets.Checkbox(value=False, description="outlines", indent=False,
+                                               layout=widgets.Layout(width="auto"))
+    controls["enlarge"] = _dropdown([("all panels", "")], "", "enlarge")    # "", not None: None selects nothing
+    state = dict(panels=[], hold=False)
 
     def update(*_):
+        if state["hold"]: return
         t0 = time.perf_counter()
+        status.value = _status("computing…", colour="#a60")
         try:
-            image.value = figure_png(render(**{k: w.value for k, w in controls.items()}))
-            status.value = f"<small>rendered in {time.perf_counter() - t0:.2f} s</small>"
+            fig = render(**{k: w.value for k, w in controls.items()} | dict(enlarge=controls["enlarge"].value or None))
+            image.value = figure_png(fig)
         except WSSSError as e:
-            status.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
+            status.value = _status(str(e), colour="#b00")
+            return
+        state["panels"] = panel_info(fig)
+        keys = [p["key"] for p in state["panels"]]
+        if not controls["enlarge"].value and list(controls["enlarge"].options[1:]) != [(k, k) for k in keys]:
+            state["hold"] = True                                  # new options reset the value to "all panels"
+            controls["enlarge"].options = [("all panels", ""), *((k, k) for k in keys)]
+            state["hold"] = False
+        status.value = _status(f"rendered in {time.perf_counter() - t0:.2f} s{note}", state["panels"])
+
+    def set_values(**values):
+        "Set several controls, then render once."
+        state["hold"] = True
+        try:
+            for k, v in values.items(): controls[k].value = v
+        finally: state["hold"] = False
+        update()
+
+    def clicked(ch):
+        try: fx, fy = (float(v) for v in ch["new"].split(",")[:2])
+        except ValueError: return
+        ky, kx = pick
+        p = pick_pixel(state["panels"], fx, fy, (controls[ky].max + 1, controls[kx].max + 1))
+        if p is not None: set_values(**{ky: p[0], kx: p[1]})
+
     for w in controls.values(): w.observe(update, "value")
-    box = widgets.VBox([widgets.HTML(f"<b>{html.escape(title)}</b>"),
-                        widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")),
-                        image, status])
+    head = f"<b>{html.escape(title)}</b>" + (" <small>· click the picture to choose the pixel</small>" if pick else "")
+    children = [widgets.HTML(head), *tools, widgets.HBox(list(controls.values()),
+                                                        layout=widgets.Layout(flex_flow="row wrap")), status, image]
+    if pick:
+        click.observe(clicked, "value")
+        children += [click, widgets.HTML(_CLICK_JS)]
+    box = widgets.VBox(children)
     box.add_class("wsss-explorer")
-    box.controls, box.image, box.status, box.update, box.view = controls, image, status, update, view
+    box.controls, box.image, box.status, box.click, box.view = controls, image, status, click, view
+    box.update, box.set_values, box.panels = update, set_values, lambda: state["panels"]
     update()
     return box
 
@@ -186,19 +356,22 @@ def close_explorer(box) -> None:
     "Close an explorer's widgets (the kernel then drops them and their pictures)."
     for x in (*box.controls.values(), *box.children, box): x.close()
 
-def _tight(fig, top: float = 0.82):
-    "Fixed margins for a grid of images (cheaper than tight_layout, which costs a second draw per render)."
-    fig.subplots_adjust(left=0.01, right=0.97, bottom=0.02, top=top, wspace=0.3, hspace=0.35)
-    return fig
-
 def _pct(v) -> str: return "–" if v is None or np.isnan(v) else f"{100 * v:.1f}"
 
 def _slider(value, lo, hi, desc, step=1, kind=widgets.IntSlider, **kw):
     return kind(value=value, min=lo, max=hi, step=step, description=desc, continuous_update=False,
                 style=dict(description_width="initial"), **kw)
 
-def _dropdown(options, value, desc):
-    return widgets.Dropdown(options=options, value=value, description=desc, style=dict(description_width="initial"))
+def _dropdown(options, value, desc, **kw):
+    return widgets.Dropdown(options=options, value=value, description=desc, style=dict(description_width="initial"),
+                            **kw)
+
+def _aspect(image) -> float:
+    "Height / width of a 3×H×W tensor or H×W(×3) array."
+    s = tuple(image.shape)
+    return s[-2] / s[-1] if len(s) == 3 and s[0] == 3 else s[0] / s[1]
+
+VOID_GT, VOID_PSEUDO = "void: not scored", "ignored: no loss"   # what 255 means in a ground truth, a pseudo mask
 
 # %% ../nbs/60_explore.ipynb #2e94e086
 DILATION_SETS = ((1, 2, 4, 8, 12, 24), (1, 2, 4, 8), (1, 2), (1,), (4, 8, 12, 24))
@@ -268,22 +441,33 @@ class PAMRView:
                     miou=None if self.gt is None else image_iou(labels, self.gt, len(m)))
 
 # %% ../nbs/60_explore.ipynb #c59ed14f
-def pamr_figure(f: dict, class_names=None, size: float = 2.6):
-    "The PAMR explorer's picture of a `PAMRView.frame`."
-    names = class_names or [f"class {c}" for c in range(len(f["prob"]) + 100)]
-    fig, axs = image_grid(4, 4, size)
-    y, x = f["pixel"]
-    show_image(f["image"], axs[0], f"α of pixel (y={y}, x={x})")
-    ny, nx = np.nonzero(to_numpy(f["kernel"]))
-    dots = axs[0].scatter(nx, ny, c=to_numpy(f["kernel"])[ny, nx], s=12, cmap="jet", edgecolors="none")
-    fig.colorbar(dots, ax=axs[0], fraction=0.046, pad=0.04)
-    axs[0].plot([x], [y], "w+", ms=8, mew=1.5)
-    show_mask(f["labels"], f["image"], axs[1], f"t = {f['t']}, d = {','.join(map(str, f['dilations']))}"
-              + ("" if f["miou"] is None else f"\nmIoU {_pct(f['miou'])}"))
-    show_heatmap(f["prob"], axs[2], f"P({names[f['cls']]}), t = {f['t']}", vmin=0, vmax=1)
-    if f["gt"] is not None: show_mask(f["gt"], f["image"], axs[3], "ground truth")
-    else: show_image(f["image"], axs[3], "image")
-    return _tight(fig)
+def _names(class_names, n: int) -> list:
+    "Background-first names for classes 0..n-1 ('class c' where `class_names` does not reach)."
+    names = list(class_names or [])
+    return names + [f"class {c}" for c in range(len(names), n)]
+
+def pamr_figure(f: dict, class_names=None, size: float = 2.6, outline: bool = False, enlarge: str | None = None,
+                ncols: int = 4):
+    "The PAMR explorer's picture of a `PAMRView.frame`: the pixel's kernel, label map, P(class), ground truth."
+    names, img, (y, x) = _names(class_names, len(f["prob"])), f["image"], f["pixel"]
+    def kernel(ax):
+        show_image(img, ax, f"α of pixel (y={y}, x={x})")
+        k = to_numpy(f["kernel"])
+        ny, nx = np.nonzero(k)
+        dots = ax.scatter(nx, ny, c=k[ny, nx], s=12, cmap="jet", edgecolors="none")
+        ax.figure.colorbar(dots, ax=ax, fraction=0.046, pad=0.04)
+        ax.plot([x], [y], "w+", ms=8, mew=1.5)
+    def labels(ax):
+        show_mask(f["labels"], img, ax, f"t = {f['t']}, d = {','.join(map(str, f['dilations']))}"
+                  + ("" if f["miou"] is None else f"\nmIoU {_pct(f['miou'])}"), outline=outline, class_names=names,
+                  legend=True)
+        ax.plot([x], [y], "w+", ms=8, mew=1.5)
+    def prob(ax): show_heatmap(f["prob"], ax, f"P({names[f['cls']]}), t = {f['t']}", vmin=0, vmax=1)
+    def gt(ax):
+        show_mask(f["gt"], img, ax, "ground truth", outline=outline, class_names=names, legend=True, void_label=VOID_GT)
+    panels = [("kernel α", kernel), ("label map", labels), ("P(class)", prob),
+              ("ground truth", gt) if f["gt"] is not None else ("image", lambda ax: show_image(img, ax, "image"))]
+    return panel_figure(panels, ncols, size, enlarge, _aspect(img))
 
 # %% ../nbs/60_explore.ipynb #e18edb13
 def _class_options(src: Source, n: int):
@@ -292,10 +476,19 @@ def _class_options(src: Source, n: int):
     )
     return [(src.class_names[c] if c < len(src.class_names) else f"class {c}", c) for c in present]
 
-def pamr_explorer(source, run=None, mask=None, index: int = 0, split: str = "val", num_iter: int = 10,
-                  dilation_sets=DILATION_SETS, coarse: int = 8) -> widgets.VBox:
-    "Step through PAMR: iteration, dilation set, class and pixel (whose kernel is shown) on a sample, image or run."
-    src = resolve_source(source, run, index, split)
+def _pixel_box(value, hi, desc):
+    return widgets.BoundedIntText(value=value, min=0, max=hi, description=desc, style=dict(description_width="initial"),
+                                  layout=widgets.Layout(width="9em"))
+
+def _size_note(src: Source) -> str:
+    H, W = src.sample["image_raw"].shape[-2:]
+    return f" · a {H}×{W} image: max_size=256 makes updates faster" if max(H, W) > 400 else ""
+
+def pamr_explorer(source, run=None, mask=None, index: int | str = 0, split: str = "val", num_iter: int = 10,
+                  dilation_sets=DILATION_SETS, coarse: int = 8, class_names=None, num_classes: int | None = None,
+                  max_size: int | None = None) -> widgets.VBox:
+    "Step through PAMR: iteration, dilation set, class and the pixel whose kernel is shown (click the picture)."
+    src = resolve_source(source, run, index, split, class_names, num_classes, max_size, mask)
     view = PAMRView(src.sample["image_raw"], initial_mask(src, mask, coarse), src.sample.get("labels"),
                     src.sample.get("mask"), num_iter)
     H, W = view.image.shape[-2:]
@@ -306,12 +499,13 @@ def pamr_explorer(source, run=None, mask=None, index: int = 0, split: str = "val
             [(", ".join(map(str, d)), tuple(d)) for d in dilation_sets], tuple(dilation_sets[0]), "dilations"
         ),
         cls=_dropdown(opts, opts[-1][1], "class"),
-        y=_slider(H // 2, 0, H - 1, "pixel y"),
-        x=_slider(W // 2, 0, W - 1, "pixel x"),
+        y=_pixel_box(H // 2, H - 1, "pixel y"),
+        x=_pixel_box(W // 2, W - 1, "x"),
     )
-    return explorer_widget(
-        f"PAMR · {src.sample['name']}", controls, lambda **v: pamr_figure(view.frame(**v), src.class_names), view
-    )
+    def render(outline, enlarge, **v):
+        return pamr_figure(view.frame(**v), src.class_names, outline=outline, enlarge=enlarge)
+    return explorer_widget(f"PAMR · {src.sample['name']}", controls, render, view, pick=("y", "x"),
+                           note=_size_note(src))
 
 # %% ../nbs/60_explore.ipynb #013b45e4
 class SCMView:
@@ -339,23 +533,27 @@ class SCMView:
                     drop_rate=drop_rate)
 
 # %% ../nbs/60_explore.ipynb #ffe2a8e3
-def scm_figure(f: dict, size: float = 2.6):
+def scm_figure(f: dict, size: float = 2.6, enlarge: str | None = None, ncols: int = 3):
     "The SCM explorer's picture of an `SCMView.frame`."
-    fig, axs = image_grid(5, 5, size)
-    show_image(f["image"], axs[0], "image")
-    show_heatmap(f["info"], axs[1], "self-information Î (Eq. 3)")
-    show_heatmap(f["drop"], axs[2], f"drop probability r·hw, τ = {f['tau']:.2g}")
-    show_heatmap(f["keep"], axs[3], f"keep probability, ρ = {f['drop_rate']:.2g}", vmin=0, vmax=1)
-    img = as_rgb(f["image"]) * ~to_numpy(f["dropped"])[..., None]
-    show_image(img, axs[4], f"sampled drop mask ({100 * float(f['dropped'].float().mean()):.0f} % dropped)")
-    return _tight(fig)
+    img = f["image"]
+    dropped = as_rgb(img) * ~to_numpy(f["dropped"])[..., None]
+    panels = [
+        ("image", lambda ax: show_image(img, ax, "image")),
+        ("self-information", lambda ax: show_heatmap(f["info"], ax, "self-information Î (Eq. 3)")),
+        ("drop probability", lambda ax: show_heatmap(f["drop"], ax, f"drop probability r·hw, τ = {f['tau']:.2g}")),
+        ("keep probability",
+         lambda ax: show_heatmap(f["keep"], ax, f"keep probability, ρ = {f['drop_rate']:.2g}", vmin=0, vmax=1)),
+        ("drop mask", lambda ax: show_image(
+            dropped, ax, f"sampled drop mask ({100 * float(f['dropped'].float().mean()):.0f} % dropped)")),
+    ]
+    return panel_figure(panels, ncols, size, enlarge, _aspect(img), below=0.15)
 
 # %% ../nbs/60_explore.ipynb #f40e1c35
 def _max_samples(radius: int) -> int: return 2 * radius * (radius + 1)
 
-def scm_explorer(source, index: int = 0, split: str = "val") -> widgets.VBox:
+def scm_explorer(source, index: int | str = 0, split: str = "val", max_size: int | None = None) -> widgets.VBox:
     "Self-information (radius, bandwidth, samples), drop probability (τ), keep probability (ρ) and a sampled drop mask."
-    src = resolve_source(source, None, index, split)
+    src = resolve_source(source, None, index, split, max_size=max_size)
     view = SCMView(src.sample["image"], src.sample["image_raw"])
     c = dict(
         radius=_slider(7, 1, 10, "radius R₁"),
@@ -368,7 +566,8 @@ def scm_explorer(source, index: int = 0, split: str = "val") -> widgets.VBox:
     def radius_changed(ch):                                   # at most 2R(R+1) offsets in the ball
         c["n_samples"].max = _max_samples(ch["new"])
     c["radius"].observe(radius_changed, "value")              # observed before the re-render (registered first)
-    return explorer_widget(f"SCM · {src.sample['name']}", c, lambda **v: scm_figure(view.frame(**v)), view)
+    def render(enlarge, **v): return scm_figure(view.frame(**v), enlarge=enlarge)
+    return explorer_widget(f"SCM · {src.sample['name']}", c, render, view, label_maps=False, note=_size_note(src))
 
 # %% ../nbs/60_explore.ipynb #73df3492
 class SPRView:
@@ -397,39 +596,41 @@ class SPRView:
         return out
 
 # %% ../nbs/60_explore.ipynb #d33657c3
-def spr_figure(f: dict, size: float = 2.6):
+def spr_figure(f: dict, class_names=None, size: float = 2.6, outline: bool = False, enlarge: str | None = None,
+               ncols: int = 3):
     "The SPR explorer's picture of an `SPRView.frame`."
-    fig, axs = image_grid(6, 6, size)
-    show_mask(f["gt"], f["image"], axs[0], "ground truth") if f["gt"] is not None else show_image(
-        f["image"], axs[0], "image"
-    )
-    t, m = f["num_iter"], f["miou"]
-    for ax, k, title in zip(
-        axs[1:4],
-        ("colour", "class", "mixed"),
-        ("colour only (α = 1, PAMR)", "class only (α = 0)", f"mixed (α = {f['alpha']:.2f})"),
-    ):
-        show_mask(f[k], f["image"], ax, f"{title}\nT = {t}, mIoU {_pct(m[k])}")
-    show_mask(
-        f["pseudo"],
-        f["image"],
-        axs[4],
-        f"pseudo mask (α = {f['alpha']:.2f})\n{100 * f['ignored']:.0f} % ignored",
-        alpha=0.8,
-    )
-    show_mask(f["pseudo"], None, axs[5], f"pseudo mask only\nmIoU {_pct(m['pseudo'])} on labelled pixels")
-    return _tight(fig, 0.78)
+    img, t, m, a = f["image"], f["num_iter"], f["miou"], f["alpha"]
+    kw = dict(outline=outline, class_names=class_names, legend=True)
+    score = lambda k: "" if m[k] is None else f", mIoU {_pct(m[k])}"
+    def refined(k, title): return k, lambda ax: show_mask(f[k], img, ax, f"{title}\nT = {t}{score(k)}", **kw)
+    panels = [
+        ("ground truth", lambda ax: show_mask(f["gt"], img, ax, "ground truth", void_label=VOID_GT, **kw))
+        if f["gt"] is not None else ("image", lambda ax: show_image(img, ax, "image")),
+        refined("colour", "colour only (α = 1, PAMR)"),
+        refined("class", "class only (α = 0)"),
+        refined("mixed", f"mixed (α = {a:.2f})"),
+        ("pseudo mask", lambda ax: show_mask(f["pseudo"], img, ax, f"pseudo mask (α = {a:.2f})\n"
+                                             f"{100 * f['ignored']:.0f} % ignored", alpha=0.8, void_label=VOID_PSEUDO,
+                                             **kw)),
+        ("pseudo mask only", lambda ax: show_mask(f["pseudo"], None, ax, "pseudo mask only" + (
+            "" if m["pseudo"] is None else f"\nmIoU {_pct(m['pseudo'])} on labelled pixels"), void_label=VOID_PSEUDO,
+            **kw)),
+    ]
+    return panel_figure(panels, ncols, size, enlarge, _aspect(img))
 
 # %% ../nbs/60_explore.ipynb #86996636
-def spr_explorer(source, run=None, mask=None, index: int = 0, split: str = "val", coarse: int = 8,
-                 dilations=DEFAULT_DILATIONS) -> widgets.VBox:
+def spr_explorer(source, run=None, mask=None, index: int | str = 0, split: str = "val", coarse: int = 8,
+                 dilations=DEFAULT_DILATIONS, class_names=None, num_classes: int | None = None,
+                 max_size: int | None = None) -> widgets.VBox:
     "α, T and cutoff of SPR: colour-only, class-only and mixed refinement and pseudo mask of a sample, image or run."
-    src = resolve_source(source, run, index, split)
+    src = resolve_source(source, run, index, split, class_names, num_classes, max_size, mask)
     view = SPRView(src.sample["image_raw"], initial_mask(src, mask, coarse), src.sample.get("labels"),
                    src.sample.get("mask"), dilations)
     c = dict(alpha=_slider(0.8, 0, 1, "α", 0.05, widgets.FloatSlider), num_iter=_slider(10, 0, 20, "iterations T"),
              cutoff=_slider(0.6, 0, 1, "cutoff", 0.05, widgets.FloatSlider))
-    return explorer_widget(f"SPR · {src.sample['name']}", c, lambda **v: spr_figure(view.frame(**v)), view)
+    def render(outline, enlarge, **v):
+        return spr_figure(view.frame(**v), src.class_names, outline=outline, enlarge=enlarge)
+    return explorer_widget(f"SPR · {src.sample['name']}", c, render, view, note=_size_note(src))
 
 # %% ../nbs/60_explore.ipynb #6877e200
 def class_cam(cams: torch.Tensor, classes, size) -> torch.Tensor:
@@ -484,46 +685,55 @@ class BAPView:
                     gt=self.sample.get("mask"))
 
 # %% ../nbs/60_explore.ipynb #ce4247f4
-def bap_figure(f: dict, class_names=None, size: float = 2.4):
-    "The BAP explorer's picture of a `BAPView.frame`."
-    fig, axs = image_grid(10, 5, size)
-    img, N, H, W = f["image"], f["grid_size"], *f["image"].shape[-2:]
-    show_image(img, axs[0], "image and boxes")
-    draw_boxes(f["boxes"], axs[0], class_names and list(class_names[1:]))
-    show_image(img, axs[1], f"query cells: {int(f['valid'].sum())} of {N * N} with background")
-    axs[1].imshow(to_numpy(f["cells"]) % 20, cmap="tab20", vmin=0, vmax=19, alpha=0.55, interpolation="nearest")
-    for j in (~f["valid"]).nonzero()[:, 0].tolist():
-        axs[1].text((j % N + 0.5) * W / N - 0.5, (j // N + 0.5) * H / N - 0.5, "×", ha="center", va="center",
+def bap_figure(f: dict, class_names=None, size: float = 2.4, outline: bool = False, enlarge: str | None = None,
+               ncols: int = 4):
+    "The BAP explorer's picture of a `BAPView.frame`; the GAP CAM and the ground truth only when there are some."
+    img, N, (H, W) = f["image"], f["grid_size"], f["image"].shape[-2:]
+    def boxes(ax):
+        show_image(img, ax, "image and boxes")
+        draw_boxes(f["boxes"], ax, class_names and list(class_names[1:]))
+    def cells(ax):
+        show_image(img, ax, f"query cells: {int(f['valid'].sum())} of {N * N} with background")
+        ax.imshow(to_numpy(f["cells"]) % 20, cmap="tab20", vmin=0, vmax=19, alpha=0.55, interpolation="nearest")
+        for j in (~f["valid"]).nonzero()[:, 0].tolist():
+            ax.text((j % N + 0.5) * W / N - 0.5, (j // N + 0.5) * H / N - 0.5, "×", ha="center", va="center",
                     color="w", fontsize=12)
-    show_heatmap(f["attention"], axs[2], f"attention A, N = {N} (1 outside)", vmin=0, vmax=1)
-    show_heatmap(f["cam"], axs[3], "CAM, BAP classifier", vmin=0, vmax=1, image=img)
-    if f["cam_gap"] is not None: show_heatmap(f["cam_gap"], axs[4], "CAM, GAP classifier", vmin=0, vmax=1, image=img)
-    else: axs[4].set_title("(no GAP run given)", fontsize=9)
-    show_heatmap(f["u0"], axs[5], f"background unary u₀, N = {N}", vmin=0, vmax=1)
-    for ax, k, title in ((axs[6], "ycrf", "Ycrf"), (axs[7], "yret", "Yret")):
-        show_mask(f[k], None, ax, title)
-        draw_boxes(f["boxes"], ax, lw=0.8)
-    show_image(highlight(img, f["disagree"]), axs[8],
-               f"Ycrf ≠ Yret ({100 * float(f['disagree'].float().mean()):.0f} % of pixels)")
-    if f["gt"] is not None: show_mask(f["gt"], None, axs[9], "ground truth")
-    return _tight(fig, 0.92)
+    def labels(key, title, void_label="void (255)"):
+        def draw(ax):
+            show_mask(f[key], img if outline else None, ax, title, outline=outline, class_names=class_names,
+                      legend=True, void_label=void_label)
+            if key != "gt": draw_boxes(f["boxes"], ax, lw=0.8)
+        return title, draw
+    def cam(key, title):
+        return title, lambda ax: show_heatmap(f[key], ax, title, vmin=0, vmax=1, image=img)
+    panels = [
+        ("image and boxes", boxes), ("query cells", cells),
+        ("attention A",
+         lambda ax: show_heatmap(f["attention"], ax, f"attention A, N = {N} (1 outside)", vmin=0, vmax=1)),
+        cam("cam", "CAM, BAP classifier"), cam("cam_gap", "CAM, GAP classifier") if f["cam_gap"] is not None else None,
+        ("u₀", lambda ax: show_heatmap(f["u0"], ax, f"background unary u₀, N = {N}", vmin=0, vmax=1)),
+        labels("ycrf", "Ycrf"), labels("yret", "Yret"),
+        ("Ycrf ≠ Yret", lambda ax: show_image(highlight(img, f["disagree"]), ax, "Ycrf ≠ Yret "
+                                              f"({100 * float(f['disagree'].float().mean()):.0f} % of pixels)")),
+        labels("gt", "ground truth", VOID_GT) if f["gt"] is not None else None,
+    ]
+    return panel_figure(panels, ncols, size, enlarge, _aspect(img))
 
 # %% ../nbs/60_explore.ipynb #4971bfbb
-def bap_explorer(source, run=None, gap_run=None, index: int = 0, split: str = "val", boxes=None) -> widgets.VBox:
+def bap_explorer(source, run=None, gap_run=None, index: int | str = 0, split: str = "val", boxes=None,
+                 max_size: int | None = None) -> widgets.VBox:
     "Grid size N of BAP: query cells, attention, CAMs under BAP (and GAP), u0, Ycrf, Yret and their disagreement."
     src = resolve_source(source, run, index, split)
     if src.model is None:
         raise ConfigError(
             "run: the BAP explorer needs a stage-1 'bana_cls' run (give `run`, or a run folder as source)"
         )
-    sample = (
-        src.sample if boxes is None else dict(src.sample, boxes=check_boxes(boxes))
-    )  # e.g. boxes drawn on one's own image
-    view = BAPView(src.model, sample, None if gap_run is None else open_run(gap_run)[0])
+    sample = src.sample if boxes is None else dict(src.sample, boxes=check_boxes(boxes))   # e.g. boxes on one's image
+    view = BAPView(src.model, downscale(sample, max_size), None if gap_run is None else open_run(gap_run)[0])
     c = dict(grid_size=_slider(4, 1, 8, "grid N"))
-    return explorer_widget(
-        f"BAP · {src.sample['name']}", c, lambda **v: bap_figure(view.frame(**v), src.class_names), view
-    )
+    def render(outline, enlarge, **v):
+        return bap_figure(view.frame(**v), src.class_names, outline=outline, enlarge=enlarge)
+    return explorer_widget(f"BAP · {src.sample['name']}", c, render, view, note=_size_note(src))
 
 # %% ../nbs/60_explore.ipynb #55ca7d59
 def rescale_confidence(sigma, gamma: float, gamma0: float):
@@ -535,12 +745,14 @@ def rescale_confidence(sigma, gamma: float, gamma0: float):
 # %% ../nbs/60_explore.ipynb #49607333
 class ConfidenceView:
     "NAL's saved confidence maps {name: {epoch: σ}} (with images and Ycrf/Yret when known), rescaled to any γ."
-    def __init__(self, maps: dict, gamma0: float = 7.0, images: dict | None = None, pseudo: dict | None = None):
+    def __init__(self, maps: dict, gamma0: float = 7.0, images: dict | None = None, pseudo: dict | None = None,
+                 class_names=None):
         if not maps or not all(isinstance(v, dict) and v for v in maps.values()):
             raise DataError(
                 "maps: expected {image name: {epoch: σ map}} with at least one map (see read_confidence_maps)"
             )
         self.maps, self.gamma0, self.images, self.pseudo = maps, gamma0, images or {}, pseudo or {}
+        self.class_names = class_names
 
     @classmethod
     def from_run(cls, run_dir) -> "ConfidenceView":
@@ -555,7 +767,7 @@ class ConfidenceView:
         pseudo = (
             {n: read_pseudo_labels(mc["pseudo_dir"], n, ds.num_classes) for n in maps} if mc.get("pseudo_dir") else {}
         )
-        return cls(maps, mc["gamma"], images, pseudo)
+        return cls(maps, mc["gamma"], images, pseudo, ("background", *ds.classes))
 
     def frame(self, name: str | None = None, epoch: int | None = None, gamma: float | None = None) -> dict:
         "σ of image `name` at `epoch` for damping `gamma`, the region ~S (Ycrf ≠ Yret) and σ's mean on it."
@@ -573,29 +785,25 @@ class ConfidenceView:
                     mean_unreliable=None if unrel is None or not unrel.any() else float(sigma[unrel].mean()))
 
 # %% ../nbs/60_explore.ipynb #d59c99ef
-def confidence_figure(f: dict, size: float = 2.6):
+def confidence_figure(f: dict, class_names=None, size: float = 2.6, outline: bool = False, enlarge: str | None = None,
+                      ncols: int = 3):
     "The confidence explorer's picture of a `ConfidenceView.frame`."
-    fig, axs = image_grid(5, 5, size)
     img = f["image"] if f["image"] is not None else np.zeros((*f["sigma"].shape, 3))
-    if f["ycrf"] is not None:
-        show_mask(f["ycrf"], img, axs[0], f"Ycrf · {f['name']}")
-        show_mask(f["yret"], img, axs[1], "Yret")
-        show_image(
-            highlight(img, f["unreliable"]), axs[2], f"~S: Ycrf ≠ Yret ({100 * float(f['unreliable'].mean()):.0f} %)"
-        )
-    else: show_image(img, axs[0], f["name"])
-    show_heatmap(f["sigma"], axs[3], f"σ, epoch {f['epoch']}, γ = {f['gamma']:.3g}", vmin=0, vmax=1)
-    if f["unreliable"] is not None:
-        show_heatmap(
-            np.where(f["unreliable"], f["sigma"], np.nan),
-            axs[4],
-            f"σ on ~S (mean {_pct(f['mean_unreliable'])} %)",
-            vmin=0,
-            vmax=1,
-            image=img,
-            alpha=1.0,
-        )
-    return _tight(fig)
+    kw = dict(outline=outline, class_names=class_names, legend=True, void_label=VOID_PSEUDO)
+    known = f["ycrf"] is not None
+    panels = [
+        ("Ycrf", lambda ax: show_mask(f["ycrf"], img, ax, f"Ycrf · {f['name']}", **kw)) if known
+        else ("image", lambda ax: show_image(img, ax, f["name"])),
+        ("Yret", lambda ax: show_mask(f["yret"], img, ax, "Yret", **kw)) if known else None,
+        ("~S", lambda ax: show_image(highlight(img, f["unreliable"]), ax,
+                                     f"~S: Ycrf ≠ Yret ({100 * float(f['unreliable'].mean()):.0f} %)"))
+        if known else None,
+        ("σ", lambda ax: show_heatmap(f["sigma"], ax, f"σ, epoch {f['epoch']}, γ = {f['gamma']:.3g}", vmin=0, vmax=1)),
+        ("σ on ~S", lambda ax: show_heatmap(np.where(f["unreliable"], f["sigma"], np.nan), ax,
+                                            f"σ on ~S (mean {_pct(f['mean_unreliable'])} %)", vmin=0, vmax=1,
+                                            image=img, alpha=1.0)) if known else None,
+    ]
+    return panel_figure(panels, ncols, size, enlarge, _aspect(img))
 
 # %% ../nbs/60_explore.ipynb #528f9759
 def confidence_explorer(source) -> widgets.VBox:
@@ -616,22 +824,107 @@ def confidence_explorer(source) -> widgets.VBox:
         c["epoch"].value = e[-1]
 
     c["name"].observe(name_changed, "value")
-    return explorer_widget("NAL confidence", c, lambda **v: confidence_figure(view.frame(**v)), view)
+    def render(outline, enlarge, **v):
+        return confidence_figure(view.frame(**v), view.class_names, outline=outline, enlarge=enlarge)
+    return explorer_widget("NAL confidence", c, render, view)
 
 # %% ../nbs/60_explore.ipynb #3e689120
-def find_runs(source) -> dict:
-    "{label: run folder} from a run folder, a folder holding runs (searched recursively) or a list of run folders."
+_NOT_SETTINGS = ("method", "recipe", "data_root", "out_dir", "device", "log_interval", "progress", "num_workers")
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
+        else: out[prefix + k] = v
+    return out
+
+def config_changes(config: dict) -> dict:
+    "The settings of a run's config dict (dotted: `method_cfg.x`, `isl.x`) that differ from its method's defaults."
+    try: base = to_dict(run_config(method=config["method"], recipe=config.get("recipe", "benchmark")))
+    except (WSSSError, KeyError): return {}                                     # a method this version lacks
+    base, cur, missing = _flat(json.loads(json.dumps(base))), _flat(json.loads(json.dumps(config))), object()
+    diff = {k: v for k, v in cur.items() if k.split(".")[0] not in _NOT_SETTINGS and base.get(k, missing) != v}
+    return dict(sorted(diff.items(), key=lambda kv: not kv[0].startswith("method_cfg.")))   # method options first
+
+def _fmt(v) -> str:
+    if isinstance(v, float): return f"{v:g}"
+    if isinstance(v, str) and "/" in v and len(v) > 30: return "…/" + "/".join(Path(v).parts[-2:])   # a long path
+    if isinstance(v, (list, tuple)): return ",".join(map(_fmt, v)) or "[]"
+    return "none" if v is None else str(v)
+
+def changes_text(changes: dict) -> str:
+    "`key=value, ...` of `config_changes` (method options without their prefix); 'defaults' when none."
+    return ", ".join(f"{k.removeprefix('method_cfg.')}={_fmt(v)}" for k, v in changes.items()) or "defaults"
+
+# %% ../nbs/60_explore.ipynb #6e4fbbd6
+def table_points(tables) -> dict:
+    "{run folder name: ['table: row (seed s)', ...]} from the results csvs in `tables`/results (`wsss-nb tables`)."
+    out = {}
+    for f in sorted(Path(tables).glob("results/*.csv")):
+        try:
+            with open(f, newline="", encoding="utf-8") as fh: rows = list(csv.DictReader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{f}: unreadable table results ({e})") from None
+        for r in rows:
+            if not r.get("path") or not r.get("table"): continue                 # a failed point has no folder
+            seed = f" (seed {r['seed']})" if r.get("seed") else ""
+            out.setdefault(Path(r["path"]).parent.name, []).append(f"{r['table']}: {r.get('row') or '?'}{seed}")
+    return out
+
+def _tables_near(p: Path) -> Path | None:
+    "A `papers_tables` folder with results beside `p` or one of its parents (runs/ and papers_tables/ in a checkout)."
+    for q in [p.resolve(), *p.resolve().parents][:4]:
+        if (q/"papers_tables"/"results").is_dir(): return q/"papers_tables"
+    return None
+
+# %% ../nbs/60_explore.ipynb #59f6112c
+@dataclass
+class RunInfo:
+    "A run as the run picker shows it: method, settings that differ from the method's defaults, val mIoU, table points."
+    path: Path
+    method: str
+    changes: dict
+    miou: float | None = None
+    points: tuple = ()
+
+    @property
+    def label(self) -> str:
+        "One line: method · changes (cut at 70 characters) · val mIoU · table point · folder name."
+        ch = changes_text(self.changes)
+        ch = ch if len(ch) <= 70 else ch[:69] + "…"
+        more = f" +{len(self.points) - 1}" if len(self.points) > 1 else ""
+        pt = f" · {self.points[0]}{more}" if self.points else ""
+        miou = "mIoU –" if self.miou is None else f"mIoU {_pct(self.miou)} %"
+        return f"{self.method} · {ch} · {miou}{pt} · {self.path.name}"
+
+def run_info(path, points: dict | None = None) -> RunInfo:
+    "The `RunInfo` of a run folder (`points`: `table_points` of a tables folder)."
+    p = Path(path)
+    try: cfg = json.loads((p/"config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e: raise DataError(f"{p/'config.json'}: unreadable run config ({e})") from None
+    try: miou = float(json.loads((p/"metrics.json").read_text(encoding="utf-8"))["final"]["mIoU"])
+    except (OSError, ValueError, KeyError, TypeError): miou = None               # no final metrics (yet)
+    return RunInfo(p, cfg.get("method", "?"), config_changes(cfg), miou, tuple((points or {}).get(p.name, ())))
+
+# %% ../nbs/60_explore.ipynb #d2cffd3d
+def run_infos(source, tables=None) -> list[RunInfo]:
+    "RunInfo of the finished runs in a run folder, a folder of runs (recursively) or a list; by method, best first."
     paths = list(source) if isinstance(source, (list, tuple)) else [source]
     runs = []
     for p in map(Path, paths):
-        if is_run(p):
-            runs.append(p)
+        if is_run(p): runs.append(p)
         elif p.is_dir():
-            runs += sorted(q.parent for q in p.rglob("config.json") if (q.parent / "checkpoint.pt").is_file())
+            runs += sorted(q.parent for q in p.rglob("config.json") if (q.parent/"checkpoint.pt").is_file())
         else: raise DataError(f"{p}: not a run folder nor a folder holding runs")
     if not runs: raise DataError(f"{source}: no finished runs (folders with config.json and checkpoint.pt)")
-    label = lambda p: f"{json.loads((p/'config.json').read_text()).get('method', '?')} · {p.name}"
-    return {label(p): p for p in runs}
+    tables = _tables_near(Path(paths[0])) if tables is None else tables
+    points = table_points(tables) if tables else {}
+    infos = [run_info(p, points) for p in dict.fromkeys(runs)]
+    return sorted(infos, key=lambda i: (i.method, -(i.miou if i.miou is not None else -1.0)))
+
+def find_runs(source, tables=None) -> dict:
+    "{label: run folder} (labels of `RunInfo`) from a run folder, a folder holding runs or a list of run folders."
+    return {i.label: i.path for i in run_infos(source, tables)}
 
 # %% ../nbs/60_explore.ipynb #e363f21e
 class RunView:
@@ -643,46 +936,76 @@ class RunView:
     def dataset(self, run) -> VOCDataset:
         return dataset(open_run(self.runs[run])[1].data_root, self.split)
 
-    def frame(self, run: str | None = None, index: int = 0) -> dict:
-        "What the run explorer shows for image `index` of the run's split."
+    def frame(self, run: str | None = None, index: int | str = 0) -> dict:
+        "What the run explorer shows for image `index` (position or name) of the run's split."
         run = next(iter(self.runs)) if run is None else run
         if run not in self.runs: raise ConfigError(f"run={run!r}: not one of {list(self.runs)}")
         return self._cache.get((run, index), lambda: self._frame(run, index))
 
     @torch.no_grad()
     def _frame(self, run, index):
-        model, _ = open_run(self.runs[run])
+        model, cfg = open_run(self.runs[run])
         ds = self.dataset(run)
         s = ds[_index(ds, index)]
         p = predict_image(model, s["image"].to(next(model.parameters()).device), self.infer).float().cpu()
         pred, crf = p.argmax(0), dense_crf(to_uint8(s["image_raw"]), p).argmax(0)
         gt, K = s["mask"], model.num_classes
-        return dict(run=run, name=s["name"], index=index, image=s["image_raw"], gt=gt, pred=pred, crf=crf,
+        return dict(run=run, title=f"{cfg.method} · {Path(self.runs[run]).name}", name=s["name"],
+                    class_names=("background", *ds.classes), index=index, image=s["image_raw"], gt=gt, pred=pred,
+                    crf=crf,
                     iou=image_iou(pred, gt, K), iou_crf=image_iou(crf, gt, K),
                     error=(pred != gt) & (gt != IGNORE_INDEX))
 
 # %% ../nbs/60_explore.ipynb #ac124794
-def run_figure(f: dict, size: float = 2.6):
+def run_figure(f: dict, size: float = 2.6, outline: bool = False, enlarge: str | None = None, ncols: int = 3):
     "The run explorer's picture of a `RunView.frame`."
-    fig, axs = image_grid(5, 5, size)
-    show_image(f["image"], axs[0], f"{f['run']}\n{f['name']}")
-    show_mask(f["gt"], None, axs[1], "ground truth")
-    show_mask(f["pred"], None, axs[2], f"prediction\nmIoU {_pct(f['iou'])}")
-    show_mask(f["crf"], None, axs[3], f"+ CRF\nmIoU {_pct(f['iou_crf'])}")
-    show_image(
-        highlight(f["image"], f["error"]),
-        axs[4],
-        f"errors of the prediction\n{100 * float(f['error'].float().mean()):.0f} % of pixels",
-    )
-    return _tight(fig, 0.8)
+    img = f["image"]
+    def labels(key, title, void_label="void (255)"):
+        return title.split("\n")[0], lambda ax: show_mask(f[key], img if outline else None, ax, title, outline=outline,
+                                                          class_names=f.get("class_names"), legend=True,
+                                                          void_label=void_label)
+    err = f"errors of the prediction\n{100 * float(f['error'].float().mean()):.0f} % of pixels"
+    panels = [("image", lambda ax: show_image(img, ax, f"{f.get('title', f['run'])}\n{f['name']}")),
+              labels("gt", "ground truth", VOID_GT), labels("pred", f"prediction\nmIoU {_pct(f['iou'])}"),
+              labels("crf", f"+ CRF\nmIoU {_pct(f['iou_crf'])}"),
+              ("errors", lambda ax: show_image(highlight(img, f["error"]), ax, err))]
+    return panel_figure(panels, ncols, size, enlarge, _aspect(img))
 
 # %% ../nbs/60_explore.ipynb #f51fdb41
-def run_explorer(runs, split: str = "val", index: int = 0, infer: InferConfig | None = None) -> widgets.VBox:
-    "Pick a run and scrub its `split`: image, ground truth, prediction, CRF and error map with per-image mIoU."
-    view = RunView(find_runs(runs), split, infer)
+def _in_table(info: RunInfo, table: str) -> bool:
+    return table == "all" or (not info.points if table == "in no table" else
+                              any(p.split(":")[0] == table for p in info.points))
+
+def run_explorer(runs, split: str = "val", index: int | str = 0, infer: InferConfig | None = None,
+                 tables=None) -> widgets.VBox:
+    "Pick a run (filtered by method and table) and scrub its `split`: image, ground truth, prediction, CRF, errors."
+    infos = {i.label: i for i in run_infos(runs, tables)}
+    view = RunView({k: i.path for k, i in infos.items()}, split, infer)
     labels = list(view.runs)
-    c = dict(
-        run=_dropdown(labels, labels[0], "run"), index=_slider(index, 0, len(view.dataset(labels[0])) - 1, "image")
-    )
+    ds0 = view.dataset(labels[0])
+    c = dict(run=_dropdown(labels, labels[0], "run", layout=widgets.Layout(width="98%")),
+             index=_slider(_index(ds0, index), 0, len(ds0) - 1, "image"))
+    method = _dropdown(["all", *sorted({i.method for i in infos.values()})], "all", "method")
+    table = _dropdown(["all", "in no table", *sorted({p.split(":")[0] for i in infos.values() for p in i.points})],
+                      "all", "table")
+    details = widgets.HTML()
+    def show_details(*_):
+        i = infos[c["run"].value]
+        details.value = "<small>" + html.escape(
+            f"{i.path} · {changes_text(i.changes)} · val mIoU {_pct(i.miou)} % · "
+            + ("table points: " + "; ".join(i.points) if i.points else "in no table")) + "</small>"
+    def refilter(*_):
+        keep = [k for k, i in infos.items() if method.value in ("all", i.method) and _in_table(i, table.value)]
+        if not keep:
+            details.value = "<small style='color:#b00'>no run matches both filters</small>"
+            return
+        c["run"].options = keep
+        show_details()
+    for f in (method, table): f.observe(refilter, "value")
     c["run"].observe(lambda ch: setattr(c["index"], "max", len(view.dataset(ch["new"])) - 1), "value")
-    return explorer_widget("Runs", c, lambda **v: run_figure(view.frame(**v)), view)
+    c["run"].observe(show_details, "value")
+    show_details()
+    def render(outline, enlarge, **v): return run_figure(view.frame(**v), outline=outline, enlarge=enlarge)
+    box = explorer_widget(f"Runs · {len(labels)}", c, render, view, tools=[widgets.HBox([method, table]), details])
+    box.filters, box.infos, box.details = dict(method=method, table=table), infos, details
+    return box

@@ -7,13 +7,14 @@ from __future__ import annotations
 import io
 import numpy as np
 import matplotlib.pyplot as plt
-from matplotlib.patches import Rectangle
+import matplotlib.patheffects as pe
+from matplotlib.patches import Patch, Rectangle
 
-from .core import voc_palette, to_numpy
+from .core import IGNORE_INDEX, voc_palette, to_numpy
 
 # %% auto #0
-__all__ = ['as_rgb', 'colorize', 'overlay', 'show_image', 'show_mask', 'show_heatmap', 'draw_boxes', 'show_sample', 'image_grid',
-           'highlight', 'figure_png']
+__all__ = ['as_rgb', 'colorize', 'overlay', 'mask_classes', 'class_legend', 'draw_outlines', 'show_image', 'show_mask',
+           'show_heatmap', 'draw_boxes', 'show_sample', 'image_grid', 'highlight', 'figure_png']
 
 # %% ../nbs/00a_plot.ipynb #599762fe
 def as_rgb(image) -> np.ndarray:
@@ -37,6 +38,36 @@ def overlay(image, mask, alpha: float = 0.5) -> np.ndarray:
     a = alpha * (to_numpy(mask) != 0)[..., None]
     return img * (1 - a) + col * a
 
+# %% ../nbs/00a_plot.ipynb #ee0eec37
+def mask_classes(mask) -> list[int]:
+    "The class indices present in a label map, in increasing order (void, 255, last)."
+    return np.unique(to_numpy(mask)).astype(int).tolist()
+
+def class_legend(ax, classes, class_names=None, void_label: str = "void (255)", max_entries: int = 9, ncol: int = 2):
+    "A legend under `ax`: a palette swatch and a name per class of `classes` (255 named `void_label`), read by rows."
+    pal = np.array(voc_palette()).reshape(256, 3) / 255.
+    def name(c):
+        if c == IGNORE_INDEX: return void_label
+        return class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
+    handles = [Patch(fc=pal[c], ec="0.4", lw=0.5, label=name(c)) for c in list(classes)[:max_entries]]
+    if len(classes) > max_entries: handles.append(Patch(fc="none", ec="none", label=f"+{len(classes) - max_entries}"))
+    if not handles: return None
+    ncol = min(ncol, len(handles))
+    handles = [h for c in range(ncol) for h in handles[c::ncol]]         # matplotlib fills a legend column by column
+    return ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=ncol,
+                     fontsize=8, frameon=False, handlelength=1.0, handleheight=1.0, handletextpad=0.4,
+                     columnspacing=0.9, borderaxespad=0.2, labelspacing=0.3)
+
+def draw_outlines(mask, ax, lw: float = 2.0):
+    "The outline of each class of a label map (background and void left out) in its palette colour over a white halo."
+    pal = np.array(voc_palette()).reshape(256, 3) / 255.
+    m = to_numpy(mask)
+    for c in mask_classes(m):
+        if c in (0, IGNORE_INDEX): continue
+        cs = ax.contour((m == c).astype(np.float32), levels=[0.5], colors=[pal[c]], linewidths=lw)
+        cs.set_path_effects([pe.withStroke(linewidth=lw + 1.5, foreground="w")])
+    return ax
+
 # %% ../nbs/00a_plot.ipynb #42e6302d
 def _ax(ax, figsize=(3, 3)):
     return ax if ax is not None else plt.subplots(figsize=figsize)[1]
@@ -49,12 +80,20 @@ def show_image(image, ax=None, title: str | None = None):
     if title: ax.set_title(title, fontsize=9)
     return ax
 
-def show_mask(mask, image=None, ax=None, title: str | None = None, alpha: float = 0.6):
-    "Show a class-index mask in the VOC palette, over `image` when given."
+def show_mask(mask, image=None, ax=None, title: str | None = None, alpha: float = 0.6, outline: bool = False,
+              class_names=None, legend: bool = False, void_label: str = "void (255)"):
+    "Show a class-index mask in the VOC palette: filled, over `image` when given, or as outlines over it; a legend."
     ax = _ax(ax)
-    ax.imshow(colorize(mask) if image is None else overlay(image, mask, alpha), interpolation="nearest")
+    m = to_numpy(mask)
+    if outline and image is not None:
+        ax.imshow(overlay(image, np.where(m == IGNORE_INDEX, IGNORE_INDEX, 0), alpha), interpolation="nearest")
+        draw_outlines(m, ax)
+    else: ax.imshow(colorize(m) if image is None else overlay(image, m, alpha), interpolation="nearest")
     ax.set_axis_off()
     if title: ax.set_title(title, fontsize=9)
+    if legend:
+        present = [c for c in mask_classes(m) if c != 0 or image is None]    # over an image background is the image
+        class_legend(ax, present, class_names, void_label)
     return ax
 
 # %% ../nbs/00a_plot.ipynb #e5534c29
@@ -104,8 +143,8 @@ def highlight(image, where, colour=(1., 0., 0.), alpha: float = 0.7) -> np.ndarr
     return img * (1 - w) + np.asarray(colour, np.float32) * w
 
 # %% ../nbs/00a_plot.ipynb #acdc4019
-def figure_png(fig, dpi: int = 72) -> bytes:
-    "The figure as PNG bytes (what an ipywidgets Image shows); the figure is closed."
+def figure_png(fig, dpi: int = 100) -> bytes:
+    "The figure as PNG bytes at `dpi` (what an ipywidgets Image shows); the figure is closed."
     buf = io.BytesIO()
     try: fig.savefig(buf, format="png", dpi=dpi)
     finally: plt.close(fig)
