@@ -70,6 +70,7 @@ docs: env
 clean-nbs: env
 	$(BIN)/nbdev_clean
 	$(BIN)/nbdev_clean --fname wsss_nb/experiments
+	$(BIN)/nbdev_clean --clear_all --fname nbs/60_explore.ipynb   # live widgets: kept without outputs
 
 # The explorers and the docs site in a real browser (tests/test_ui.py, slow): JupyterLab on a loopback port with
 # nbs/60_explore.ipynb run, and _docs/ served on a loopback port, in headless Chromium; screenshots in

@@ -1,5 +1,5 @@
 """Project-level checks: requirement lists agree, the commands the README promises exist."""
-import ast, configparser, dataclasses, re, subprocess, sys
+import ast, configparser, dataclasses, json, re, subprocess, sys
 
 import yaml
 from pathlib import Path
@@ -204,3 +204,10 @@ def test_run_keys_unchanged():
     b = bana_config(data_root=GOLDEN_ROOT, out_dir="/nonexistent/wsss-nb-golden-runs")
     assert (stage1_config(b).key, stage3_config(b).key) == ("d1a716ca8f", "6b88597341")
     assert str(pseudo_dir(b)) == "/nonexistent/wsss-nb-golden-runs/pseudo/b00c8ebd95"
+
+
+def test_explorers_notebook_kept_without_outputs():
+    "60_explore's widgets need a live kernel: the notebook is committed without outputs (`make clean-nbs` clears them)."
+    nb = json.loads((ROOT/"nbs"/"60_explore.ipynb").read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code and not [i for i, c in enumerate(code) if c.get("outputs") or c.get("execution_count")]
