@@ -105,7 +105,8 @@ def cmd_tables(args) -> int:
         with warnings.catch_warnings():              # run_table's "not rewritten" warning: said once, below
             warnings.simplefilter("ignore")
             r = run_table(t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out,
-                          data_root=args.data_root)
+                          data_root=args.data_root, executor=args.executor, address=args.address,
+                          cpus_per_point=args.cpus_per_point)
         n_failed += r["failed"]
         print(f"  -> {Path(args.out)/(t + '.md')}" + (f" ({r['failed']} failed points)" if r["failed"] else "")
               + ("" if r["written"] else f"; not rewritten: {r['reason']}"), flush=True)
@@ -247,8 +248,14 @@ def _add_tables(sub):
     tb.add_argument("ids", nargs="*", metavar="TABLE_ID", help="tables to run (default: all; see --list)")
     tb.add_argument("--profile", choices=["quick", "full"], default="quick",
                     help="quick: 1 seed, small runs; full: 3 seeds")
-    tb.add_argument("--jobs", type=int, default=1, help="papermill processes at once")
-    tb.add_argument("--runs", default="runs", help="where runs live (default: runs)")
+    tb.add_argument("--jobs", type=int, default=1, help="local executor: papermill processes at once")
+    tb.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: --jobs processes here (default); ray: one Ray task per missing point")
+    tb.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                    help="ray: join this running cluster (default: start a local Ray for the call)")
+    tb.add_argument("--cpus-per-point", type=int, default=1, metavar="N",
+                    help="ray: CPUs and torch threads of each point (default 1; a GPU is asked for on CUDA)")
+    tb.add_argument("--runs", default="runs", help="where runs live (default: runs; ray: a path every node sees)")
     tb.add_argument("--out", default="papers_tables", help="where tables are written (default: papers_tables)")
     tb.add_argument("--data-root", default=None, help="benchmark folder (default: each config's data_root)")
     tb.add_argument("--list", action="store_true", help="list the tables and their grid sizes, run nothing")

@@ -4,8 +4,10 @@
 
 # %% ../nbs/70a_table_runs.ipynb #aa89104d
 from __future__ import annotations
-import json, math, re, textwrap, time, warnings
+import json, logging, math, re, socket, textwrap, time, warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -21,8 +23,8 @@ from .tables import PAPERS, TableSpec, as_percent, md_table, summarize, table_ma
 from .train import run_config, run_dir
 
 # %% auto #0
-__all__ = ['EXPERIMENTS_DIR', 'KINDS', 'point_dir', 'run_point', 'read_metric', 'run_table', 'write_index', 'written_markdown',
-           'plot_table']
+__all__ = ['EXPERIMENTS_DIR', 'KINDS', 'RAY_RETRIES', 'point_dir', 'run_point', 'read_metric', 'run_table', 'write_index',
+           'written_markdown', 'plot_table']
 
 # %% ../nbs/70a_table_runs.ipynb #39ddb7bf
 EXPERIMENTS_DIR = Path(wsss_nb.__file__).parent/"experiments"
@@ -50,16 +52,29 @@ def _read_json(path, what: str = "results") -> dict:
         raise DataError(f"{path}: unreadable {what} file (a JSON {type(d).__name__}, expected an object)")
     return d
 
+def _reused(out: Path) -> dict | None:
+    "The finished point in folder `out`, reused; None when its results.json is absent or unreadable (warned)."
+    res = out/"results.json"
+    if not res.is_file(): return None
+    try: return dict(status="reused", results=_read_json(res), error=None, path=str(out), seconds=0.0)
+    except DataError as e: warnings.warn(f"{e}; recomputing the point", stacklevel=3)   # treated as missing
+    return None
+
+def _failed(e: BaseException, seconds: float) -> dict:
+    "A failed point's result: the error's type and the first line of its message."
+    return dict(status="failed", results=None, error=f"{type(e).__name__}: {e}".splitlines()[0], path=None,
+                seconds=round(seconds, 1))
+
 def run_point(config: dict, experiment: str = "train_eval", params: dict | None = None, kind: str = "run",
-              notebooks=EXPERIMENTS_DIR, kernel: str = "python3") -> dict:
+              notebooks=EXPERIMENTS_DIR, kernel: str = "python3",
+              reuse: bool = True,   # False: run it even when a results.json exists (the caller found it unreadable)
+             ) -> dict:
     "Run (or reuse) one grid point; returns dict(status='done'|'reused'|'failed', results, error, path, seconds)."
     params, t0 = dict(params or {}), time.time()
     try:
         out = point_dir(config, experiment, params, kind)
         res = out/"results.json"
-        if res.is_file():
-            try: return dict(status="reused", results=_read_json(res), error=None, path=str(out), seconds=0.0)
-            except DataError as e: warnings.warn(f"{e}; recomputing the point", stacklevel=2)   # treated as missing
+        if reuse and (r := _reused(out)) is not None: return r
         nb = Path(notebooks)/f"{experiment}.ipynb"
         if not nb.is_file(): raise ConfigError(f"experiment={experiment!r}: no notebook {nb}")
         out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +86,7 @@ def run_point(config: dict, experiment: str = "train_eval", params: dict | None 
     except pm.PapermillExecutionError as e:
         err = f"{e.ename}: {e.evalue}".splitlines()[0]
     except (WSSSError, OSError, ValueError, RuntimeError) as e:
-        err = f"{type(e).__name__}: {e}".splitlines()[0]
+        return _failed(e, time.time() - t0)
     return dict(status="failed", results=None, error=err, path=None, seconds=round(time.time() - t0, 1))
 
 # %% ../nbs/70a_table_runs.ipynb #0f70eb3d
@@ -113,19 +128,22 @@ def _kept_values(csv_path: Path, failed: list[dict]) -> list[dict]:
             for p in failed if (p["row"], p["seed"]) in done]
 
 # %% ../nbs/70a_table_runs.ipynb #de89a761
-def _run_points(spec: TableSpec, pts: list[dict], profile: str, jobs: int, notebooks, progress: bool):
-    "Run each distinct point once (`jobs` at a time) and fill in every point's status, error, path and value."
+def _local_results(todo: list[dict], spec: TableSpec, notebooks, jobs: int):
+    "The local executor: (index, run_point result) of each point of `todo`, in order, `jobs` threads at a time."
+    go = lambda p: run_point(p["config"], spec.experiment, p["params"], spec.kind, notebooks)
+    with ThreadPoolExecutor(jobs) as ex: yield from enumerate(ex.map(go, todo))
+
+def _run_points(spec: TableSpec, pts: list[dict], profile: str, progress: bool, results):
+    "Run each distinct point once with the executor `results` and fill in every point's status, error, path and value."
     key = lambda p: json.dumps([p["config"], p["params"]], sort_keys=True, default=str)
     uniq = {}
     for p in pts: uniq.setdefault(key(p), p)          # rows reading other metrics of one point run it once
-    go = lambda p: run_point(p["config"], spec.experiment, p["params"], spec.kind, notebooks)
-    done, bar = {}, tqdm(total=len(uniq), desc=f"{spec.id} ({profile})", disable=not progress)
-    with ThreadPoolExecutor(jobs) as ex:
-        for k, r in zip(uniq, ex.map(go, uniq.values())):
-            done[k] = r
+    todo, done = list(uniq.values()), {}
+    with tqdm(total=len(todo), desc=f"{spec.id} ({profile})", disable=not progress) as bar:
+        for i, r in results(todo):                    # (index in todo, run_point's result) as each point ends
+            done[key(todo[i])] = r
             bar.update()
-            bar.set_postfix_str(f"{uniq[k]['row']}: {r['status']}")
-    bar.close()
+            bar.set_postfix_str(f"{todo[i]['row']}: {r['status']}")
     for p in pts:
         r = done[key(p)]
         p.update(status=r["status"], error=r["error"], path=r["path"], seconds=r["seconds"],
@@ -133,14 +151,119 @@ def _run_points(spec: TableSpec, pts: list[dict], profile: str, jobs: int, noteb
         if p["status"] != "failed" and p["value"] is None:   # a run that finished without the table's number failed
             p.update(status="failed", error=f"{r['path']}/results.json: no finite value at {p['metric']!r}")
 
+# %% ../nbs/70a_table_runs.ipynb #d86bf7d9
+RAY_RETRIES = 3   # Ray runs a point again this many times when its worker or node dies (never when it raises)
+
+def _import_ray():
+    "The `ray` module; a ConfigError saying how to install it when it is missing."
+    try: import ray
+    except ImportError: raise ConfigError("executor='ray': ray is not installed (pip install -e .[cluster])") from None
+    return ray
+
+def _check_address(address):
+    "ConfigError unless `address` is None, 'auto' or HOST:PORT."
+    if address is None or address == "auto" or (isinstance(address, str) and re.fullmatch(r"[\w.-]+:\d{1,5}", address)):
+        return
+    raise ConfigError(f"address={address!r}: expected None (a local Ray for the call), 'auto' or HOST:PORT")
+
+# %% ../nbs/70a_table_runs.ipynb #23634e03
+@contextmanager
+def _ray_session(ray, address):
+    "This process's Ray when initialised; else connect to `address` (None: start a local Ray), and let go after."
+    if ray.is_initialized():
+        yield
+        return
+    if address not in (None, "auto"):              # a wrong HOST:PORT fails now, not after minutes of Ray's retries
+        host, port = address.rsplit(":", 1)
+        try: socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as e: raise ConfigError(f"address={address!r}: no Ray cluster answers there ({e})") from None
+    kw = dict(include_dashboard=False) if address is None else {}
+    try: ray.init(address=address or "local", logging_level=logging.WARNING, **kw)
+    except ConnectionError as e: raise ConfigError(f"address={address!r}: {str(e).splitlines()[0]}") from None
+    try: yield
+    finally: ray.shutdown()
+
+# %% ../nbs/70a_table_runs.ipynb #34c3c744
+def _gpus_for(config: dict, cluster_gpus: float) -> int:
+    "GPUs a point's Ray task asks for: 1 for device cuda (or auto on a cluster with GPUs); ConfigError: none can serve."
+    dev = str(config.get("device", "auto"))         # RunConfig and BanaConfig both default to "auto"
+    if dev == "auto": return int(cluster_gpus >= 1)
+    if not dev.startswith("cuda"): return 0
+    if dev not in ("cuda", "cuda:0"):
+        raise ConfigError(f"device={dev!r}: a Ray task sees only the GPU Ray gives it, as cuda:0; use 'cuda' or 'auto'")
+    if cluster_gpus < 1: raise ConfigError(f"device={dev!r}: no node of the Ray cluster has a GPU")
+    return 1
+
+def _ray_point(config: dict, experiment: str, params: dict, kind: str, notebooks) -> dict:
+    "`run_point` as a Ray task on a point the driver found missing (`notebooks` None: the node's own experiments)."
+    return run_point(config, experiment, params, kind, EXPERIMENTS_DIR if notebooks is None else notebooks, reuse=False)
+
+# %% ../nbs/70a_table_runs.ipynb #3f51d84f
+def _ray_results(todo: list[dict], spec: TableSpec, notebooks, address, cpus_per_point: int):
+    "The Ray executor: (index, run_point result) of each point as it ends; the missing ones run as Ray tasks."
+    missing = []
+    for i, p in enumerate(todo):                    # finished points are read here: no Ray when none is missing
+        try: r = _reused(point_dir(p["config"], spec.experiment, p["params"], spec.kind))
+        except Exception: r = None                   # a bad config: its task fails the point as run_point does
+        if r is None: missing.append(i)
+        else: yield i, r
+    if not missing: return
+    ray = _import_ray()
+    with _ray_session(ray, address):
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        cpus, gpus = (max((r.get(k, 0) for r in nodes), default=0) for k in ("CPU", "GPU"))
+        if cpus_per_point > cpus:
+            raise ConfigError(f"cpus_per_point={cpus_per_point}: no node of the Ray cluster has that many CPUs "
+                              f"(the most is {cpus:g})")
+        threads = {v: str(cpus_per_point) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        opts = dict(num_cpus=cpus_per_point, max_retries=RAY_RETRIES, retry_exceptions=False,
+                    runtime_env={"env_vars": threads})
+        nb = None if Path(notebooks) == EXPERIMENTS_DIR else str(Path(notebooks).absolute())
+        task = ray.remote(_ray_point)
+        running = {}
+        try:
+            for i in missing:
+                p = todo[i]
+                try: gpu = _gpus_for(p["config"], gpus)
+                except ConfigError as e:
+                    yield i, _failed(e, 0.0)
+                    continue
+                args = (p["config"], spec.experiment, p["params"], spec.kind, nb)
+                running[task.options(**opts, num_gpus=gpu).remote(*args)] = i, time.time()
+            while running:
+                (ref,), _ = ray.wait(list(running), num_returns=1)
+                i, t0 = running.pop(ref)
+                try: r = ray.get(ref)
+                except ray.exceptions.RayError as e:    # raised in the task (its cause), or lost RAY_RETRIES + 1 times
+                    r = _failed(getattr(e, "cause", None) or e, time.time() - t0)
+                yield i, r
+        finally:                                    # an interrupted call leaves no task running (a notebook's own Ray)
+            for ref in running: ray.cancel(ref)
+
 # %% ../nbs/70a_table_runs.ipynb #ccfb27ea
-def run_table(spec: TableSpec, profile: str = "quick", jobs: int = 1, runs_root="runs", out_dir="papers_tables",
-              data_root=None, notebooks=EXPERIMENTS_DIR, progress: bool = True) -> dict:
-    "Run the missing points of `spec` (`jobs` at a time) and write its md, csv and json unless that would lose a value."
+def run_table(spec: TableSpec, profile: str = "quick",
+              jobs: int = 1,                    # local: points at once (ignored by ray, which schedules by resources)
+              runs_root="runs",                 # ray: a path every node sees
+              out_dir="papers_tables", data_root=None, notebooks=EXPERIMENTS_DIR, progress: bool = True,
+              executor: str = "local",          # "local": `jobs` threads here; "ray": one Ray task per missing point
+              address: str | None = None,       # ray: None: a local Ray for the call; "auto" or "HOST:PORT": join one
+              cpus_per_point: int = 1,          # ray: CPUs (and torch threads) of each point's task
+             ) -> dict:
+    "Run the missing points of `spec` and write its md, csv and json unless that would lose a value."
     out, tid = Path(out_dir).absolute(), spec.id
     if not isinstance(jobs, int) or jobs < 1: raise ConfigError(f"jobs={jobs!r}: expected a positive integer")
+    if executor not in ("local", "ray"): raise ConfigError(f"executor={executor!r}: expected 'local' or 'ray'")
+    if not isinstance(cpus_per_point, int) or isinstance(cpus_per_point, bool) or cpus_per_point < 1:
+        raise ConfigError(f"cpus_per_point={cpus_per_point!r}: expected a positive integer")
+    if executor == "local":
+        if address is not None: raise ConfigError(f"address={address!r}: only with executor='ray'")
+        results = partial(_local_results, spec=spec, notebooks=notebooks, jobs=jobs)
+    else:
+        _import_ray()
+        _check_address(address)
+        results = partial(_ray_results, spec=spec, notebooks=notebooks, address=address, cpus_per_point=cpus_per_point)
     pts = table_points(spec, profile, runs_root, data_root)
-    _run_points(spec, pts, profile, jobs, notebooks, progress)
+    _run_points(spec, pts, profile, progress, results)
     df, claims = summarize(spec, pts)
     failed = [p for p in pts if p["status"] == "failed"]
     old_csv, kept, reason = out/"results"/f"{tid}.csv", [], None
