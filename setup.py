@@ -18,7 +18,7 @@ setuptools.setup(
     include_package_data=True,
     package_data={cfg["lib_path"]: ["experiments/*.ipynb"]},   # the papermill experiment notebooks
     install_requires=cfg["requirements"].split(),
-    extras_require={"dev": cfg["dev_requirements"].split()},
+    extras_require={"dev": cfg["dev_requirements"].split(), "cluster": cfg["cluster_requirements"].split()},
     entry_points={
         "console_scripts": cfg["console_scripts"].split(),
         "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

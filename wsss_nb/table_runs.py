@@ -4,7 +4,7 @@
 
 # %% ../nbs/70a_table_runs.ipynb #aa89104d
 from __future__ import annotations
-import json, logging, math, re, socket, textwrap, time, warnings
+import datetime, json, logging, math, os, platform, re, socket, textwrap, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -20,11 +20,11 @@ import wsss_nb
 from .core import ConfigError, DataError, WSSSError, atomic_write_json, atomic_write_text, config_hash
 from .bana import bana_config, stage1_config, stage3_config
 from .tables import PAPERS, TableSpec, as_percent, md_table, summarize, table_markdown, table_points
-from .train import run_config, run_dir
+from .train import data_fingerprint, run_config, run_dir
 
 # %% auto #0
-__all__ = ['EXPERIMENTS_DIR', 'KINDS', 'RAY_RETRIES', 'point_dir', 'run_point', 'read_metric', 'run_table', 'write_index',
-           'written_markdown', 'plot_table']
+__all__ = ['EXPERIMENTS_DIR', 'KINDS', 'POINTS_FORMAT', 'RAY_RETRIES', 'point_dir', 'run_point', 'read_metric', 'profile_dir',
+           'point_key', 'stored_point', 'store_point', 'run_table', 'write_index', 'written_markdown', 'plot_table']
 
 # %% ../nbs/70a_table_runs.ipynb #39ddb7bf
 EXPERIMENTS_DIR = Path(wsss_nb.__file__).parent/"experiments"
@@ -127,29 +127,84 @@ def _kept_values(csv_path: Path, failed: list[dict]) -> list[dict]:
     return [dict(row=p["row"], seed=p["seed"], value=done[p["row"], p["seed"]])
             for p in failed if (p["row"], p["seed"]) in done]
 
+# %% ../nbs/70a_table_runs.ipynb #3ec1e3b8
+def profile_dir(out_dir, profile: str) -> Path:
+    "Where a profile's tables are written: `out_dir` itself for quick (`make reproduce`), else `out_dir/<profile>`."
+    return Path(out_dir) if profile == "quick" else Path(out_dir)/profile
+
+# %% ../nbs/70a_table_runs.ipynb #4fcc07c9
+POINTS_FORMAT = 1    # raise it when what a stored point holds changes meaning: every stored point is then recomputed
+
+def point_key(config: dict, experiment: str, params: dict, kind: str = "run") -> str:
+    "The key of a point's stored results: the same on every machine for the same config, benchmark and parameters."
+    fp = data_fingerprint(config.get("data_root", "data/synthetic"))
+    portable = {**config, "out_dir": "/runs", **({"data_root": "/benchmark"} if fp else {})}
+    folder = str(point_dir(portable, experiment, params, kind))
+    return config_hash(dict(folder=folder, data=fp, format=POINTS_FORMAT), 16)
+
+def _machine() -> dict:
+    import torch
+    return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
+                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+
+def stored_point(store, key: str) -> dict | None:
+    "The stored point `key` as a run_point result (status 'stored'); None when absent or unreadable (warned)."
+    f = Path(store)/f"{key}.json"
+    if not f.is_file(): return None
+    try:
+        d = _read_json(f, "stored point")
+        if not isinstance(d.get("results"), dict): raise DataError(f"{f}: unreadable stored point (no results)")
+    except DataError as e:
+        warnings.warn(f"{e}; recomputing the point", stacklevel=3)
+        return None
+    return dict(status="stored", results=d["results"], error=None, path=str(f), seconds=0.0)
+
+def store_point(store, key: str, point: dict, result: dict, spec: TableSpec) -> Path:
+    "Keep a finished point's results in `store` (atomically): config, parameters, results, seconds, machine, date."
+    return atomic_write_json(Path(store)/f"{key}.json", dict(
+        key=key, format=POINTS_FORMAT, kind=spec.kind, experiment=spec.experiment, params=point["params"],
+        config={k: v for k, v in point["config"].items() if k not in ("out_dir", "data_root")},
+        data=data_fingerprint(point["config"].get("data_root", "data/synthetic")), results=result["results"],
+        seconds=result["seconds"], machine=_machine(), date=datetime.date.today().isoformat()))
+
 # %% ../nbs/70a_table_runs.ipynb #de89a761
 def _local_results(todo: list[dict], spec: TableSpec, notebooks, jobs: int):
     "The local executor: (index, run_point result) of each point of `todo`, in order, `jobs` threads at a time."
     go = lambda p: run_point(p["config"], spec.experiment, p["params"], spec.kind, notebooks)
     with ThreadPoolExecutor(jobs) as ex: yield from enumerate(ex.map(go, todo))
 
-def _run_points(spec: TableSpec, pts: list[dict], profile: str, progress: bool, results):
-    "Run each distinct point once with the executor `results` and fill in every point's status, error, path and value."
+def _point_key(p, spec):
+    try: return point_key(p["config"], spec.experiment, p["params"], spec.kind)
+    except WSSSError: return None                 # a bad config has no key: it runs and fails as run_point says
+
+_MISSING = dict(status="missing", results=None, error=None, path=None, seconds=0.0)
+
+def _run_points(spec: TableSpec, pts: list[dict], profile: str, progress: bool, results, store=None,
+                render_only: bool = False):
+    """Run each distinct point once with the executor `results` and fill in every point's status, error, path and
+    value; with a `store`, stored points are read from it and finished ones kept in it; `render_only`: run nothing."""
     key = lambda p: json.dumps([p["config"], p["params"]], sort_keys=True, default=str)
     uniq = {}
     for p in pts: uniq.setdefault(key(p), p)          # rows reading other metrics of one point run it once
-    todo, done = list(uniq.values()), {}
-    with tqdm(total=len(todo), desc=f"{spec.id} ({profile})", disable=not progress) as bar:
-        for i, r in results(todo):                    # (index in todo, run_point's result) as each point ends
-            done[key(todo[i])] = r
+    skeys = {k: _point_key(p, spec) for k, p in uniq.items()} if store is not None else {}
+    done = {k: r for k, sk in skeys.items() if sk and (r := stored_point(store, sk)) is not None}
+    todo = [p for k, p in uniq.items() if k not in done]
+    if render_only: done.update({key(p): dict(_MISSING) for p in todo})
+    with tqdm(total=len(uniq), initial=len(done), desc=f"{spec.id} ({profile})", disable=not progress) as bar:
+        for i, r in results([] if render_only else todo):   # (index in todo, run_point's result) as each point ends
+            k = key(todo[i])
+            done[k] = r
+            if skeys.get(k) and r["status"] in ("done", "reused") and r["results"] is not None:
+                store_point(store, skeys[k], todo[i], r, spec)
             bar.update()
             bar.set_postfix_str(f"{todo[i]['row']}: {r['status']}")
     for p in pts:
         r = done[key(p)]
         p.update(status=r["status"], error=r["error"], path=r["path"], seconds=r["seconds"],
                  value=read_metric(r["results"], p["metric"]))
-        if p["status"] != "failed" and p["value"] is None:   # a run that finished without the table's number failed
-            p.update(status="failed", error=f"{r['path']}/results.json: no finite value at {p['metric']!r}")
+        if p["status"] not in ("failed", "missing") and p["value"] is None:   # finished without the table's number
+            src = r["path"] if r["status"] == "stored" else f"{r['path']}/results.json"
+            p.update(status="failed", error=f"{src}: no finite value at {p['metric']!r}")
 
 # %% ../nbs/70a_table_runs.ipynb #d86bf7d9
 RAY_RETRIES = 3   # Ray runs a point again this many times when its worker or node dies (never when it raises)
@@ -248,9 +303,14 @@ def run_table(spec: TableSpec, profile: str = "quick",
               executor: str = "local",          # "local": `jobs` threads here; "ray": one Ray task per missing point
               address: str | None = None,       # ray: None: a local Ray for the call; "auto" or "HOST:PORT": join one
               cpus_per_point: int = 1,          # ray: CPUs (and torch threads) of each point's task
+              render_only: bool = False,        # run nothing: the table from stored points only (others "not run")
              ) -> dict:
-    "Run the missing points of `spec` and write its md, csv and json unless that would lose a value."
-    out, tid = Path(out_dir).absolute(), spec.id
+    """Run the missing points of `spec` and write its md, csv and json (in `profile_dir(out_dir, profile)`) unless
+    that would lose a value; every profile but quick keeps its points in `out_dir/results/points` and reads them."""
+    out, tid = profile_dir(out_dir, profile).absolute(), spec.id
+    store = None if profile == "quick" else Path(out_dir).absolute()/"results"/"points"
+    if render_only and store is None:
+        raise ConfigError("render_only=True: the quick profile stores no points (it is the smoke test: it always runs)")
     if not isinstance(jobs, int) or jobs < 1: raise ConfigError(f"jobs={jobs!r}: expected a positive integer")
     if executor not in ("local", "ray"): raise ConfigError(f"executor={executor!r}: expected 'local' or 'ray'")
     if not isinstance(cpus_per_point, int) or isinstance(cpus_per_point, bool) or cpus_per_point < 1:
@@ -263,7 +323,7 @@ def run_table(spec: TableSpec, profile: str = "quick",
         _check_address(address)
         results = partial(_ray_results, spec=spec, notebooks=notebooks, address=address, cpus_per_point=cpus_per_point)
     pts = table_points(spec, profile, runs_root, data_root)
-    _run_points(spec, pts, profile, progress, results)
+    _run_points(spec, pts, profile, progress, results, store, render_only)
     df, claims = summarize(spec, pts)
     failed = [p for p in pts if p["status"] == "failed"]
     old_csv, kept, reason = out/"results"/f"{tid}.csv", [], None

@@ -156,13 +156,15 @@ def _fmt(vals):
 
 def summarize(spec: TableSpec, points: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
     "Per-row table (row, ours, paper, n, failed) and the claims with their paired effects and verdicts."
+    missing = {p["row"] for p in points if p.get("status") == "missing"}      # render-only: not stored yet
+    points = [p for p in points if p.get("status") != "missing"]
     by_row = {r.label: [] for r in spec.rows}
     shown = {p["row"] for p in points}
     for p in points: by_row[p["row"]].append(as_percent(p.get("value")))
     means = {k: (np.mean([x for x in v if x is not None]) if any(x is not None for x in v) else None)
              for k, v in by_row.items()}
-    ours = lambda r: (_fmt(by_row[r.label]) if r.label in shown
-                      else ("not in wsss_nb" if not r.runnable else "full profile"))
+    ours = lambda r: (_fmt(by_row[r.label]) if r.label in shown else "not run" if r.label in missing
+                      else ("not in wsss_nb" if not r.runnable else "not in this profile"))
     df = pd.DataFrame([dict(row=r.label, ours=ours(r), paper=r.paper, mean=means[r.label],
                             n=sum(x is not None for x in by_row[r.label]),
                             failed=sum(x is None for x in by_row[r.label])) for r in spec.rows])
