@@ -201,8 +201,9 @@ def test_issue_20_tables_points_and_run_keys():
     assert sorted(new) == sorted(ISSUE_20)
     pts, keys = _points(new), _run_keys(new)
     assert len(pts) == 131
-    assert hashlib.sha256(json.dumps(pts, sort_keys=True).encode()).hexdigest() == "5edaf83b166da8a3330f03c373808304856b37bc7922da339ae43122cc517d9f"
-    assert hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest() == "75bf0a1670d6624ea806cd76e958e4a3c81e60f1c158f54d6071721a9b95d71f"
+    digest = lambda x: hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()
+    assert digest(pts) == "5edaf83b166da8a3330f03c373808304856b37bc7922da339ae43122cc517d9f"
+    assert digest(keys) == "75bf0a1670d6624ea806cd76e958e4a3c81e60f1c158f54d6071721a9b95d71f"
     old = {tuple(k[4:]) for k in _run_keys(_tables())}
     fresh = {k[0] for k in keys if tuple(k[4:]) not in old}        # tables with a run no older table has
     assert fresh == {"bana_s3", "bana_s5", "shape_t6_train"}         # GAP + NAL and V2, DP, quick α = 0.7
@@ -212,8 +213,8 @@ def test_issue_20_tables_points_and_run_keys():
 
 
 def test_two_stage_point_through_papermill(tmp_path):
-    """`train_eval` with `two_stage`: the run's pseudo labels on its training images are exported into its folder, `full`
-    trains on them (its own run, keyed by the export folder) and is scored; both stages' numbers come from one point."""
+    """`train_eval` with `two_stage`: the run's pseudo labels on its training images are exported into its folder,
+    `full` trains on them (its own run, keyed by the export folder) and is scored; both stages' numbers: one point."""
     bench = make_benchmark(tmp_path / "bench", n_train=8, n_val=4, size=48, seed=1, progress=False)
     spec = TableSpec(
         id="tiny_two", paper="ssss", paper_table="Table 0", caption="two stages", protocol="single",

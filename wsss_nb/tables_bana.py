@@ -158,10 +158,11 @@ bana_acc = TableSpec(
         bana_bap_nal.txt, supplement Sec. 2 ('Comparison of GAP and BAP'), in the text under supplement Table 2:
         no table of its own. The number is an accuracy, not a pseudo-label or segmentation score (the protocol
         line above does not apply). Each ground-truth box of the first `max_val_images` val images is classified
-        from its pooled feature (BAP with the image's background attention, or GAP), (L+1)-way as in training
-        (a box called background is wrong: the paper does not say whether background was an answer). The paper
-        'crops each object'; ours pools the box from the whole image's features (Eq. 4), as the classifier is
-        trained. Per-class accuracies are in the point's results ('box_accuracy.per_class').""")
+        from its pooled feature (BAP with the image's background attention, or GAP) among the object classes
+        (the box is known to hold one); the paper does not say whether background was a possible answer: the
+        (L+1)-way accuracy, where a box called background is wrong, is in the results as
+        'box_accuracy.accuracy_bg', the per-class accuracies as 'box_accuracy.per_class'. The paper 'crops each
+        object'; ours pools the box from the whole image's features (Eq. 4), as the classifier is trained.""")
 
 # %% ../nbs/74_tables_bana.ipynb #914c4c36
 bana_s3 = TableSpec(

@@ -110,7 +110,8 @@ shape_t5_train = TableSpec(
           *(Row(f"{r.label}: bIoU", r.overrides, paper=p, metric="train.bIoU")
             for r, p in zip(shape_t5.rows, (18.2, 23.1, 28.3, 48.9)))],
     claims=[
-        Claim("SPR moderately improves the performance (#1→#2).", "#2 + SPR: mIoU", "#1 baseline (PAMR refinement): mIoU"),
+        Claim("SPR moderately improves the performance (#1→#2).", "#2 + SPR: mIoU",
+              "#1 baseline (PAMR refinement): mIoU"),
         Claim("Adding SCM leads to a larger gain than SPR (#1→#3).", "#3 + SCM: mIoU", "#2 + SPR: mIoU"),
         Claim("The boundary quality is greatly improved thanks to the shape cues.", "#3 + SCM: bIoU",
               "#1 baseline (PAMR refinement): bIoU"),
