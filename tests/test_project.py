@@ -135,7 +135,8 @@ def test_build_method_from_a_bare_import():
 # the default method configs as they were before the nGWP base (issue 15): run configs and their hashes rest on them;
 # issue 16 changed one on purpose: PAMR/SPR refine on the stride-4 grid by default (`pamr_resolution="features"`, as
 # SSSS's `run_pamr`), a field ssss and shape now share (shape's `spr_resolution` was its name there); issue 17 another:
-# the DeepLab heads' widths default to None, the backbone's `head_width` (32 on tiny, was 128)
+# the DeepLab heads' widths default to None, the backbone's `head_width` (32 on tiny, was 128); issue 20 added `full`'s
+# `pseudo_dir` (the two-stage net's training labels; `added_later`, so at its default None no run key changed)
 DEFAULT_METHOD_CONFIGS = {
     "bana_cls": {'grid_size': 4, 'pooling': 'bap', 'roi_samples': 1, 'min_background': 0.0, 'init_std': 0.01,
                  'roi_bins': 1},
@@ -143,7 +144,7 @@ DEFAULT_METHOD_CONFIGS = {
                  'head': 'none', 'head_channels': 128, 'dropout': 0.1, 'bootstrap_power': 0.9, 'detach_sigma': True,
                  'confidence_names': None},
     "cam": {'bg_score': 0.2, 'label_threshold': 0.5, 'dropout': 0.0},
-    "full": {'aspp_channels': None, 'decoder_channels': None, 'dropout': 0.1},
+    "full": {'aspp_channels': None, 'decoder_channels': None, 'dropout': 0.1, 'pseudo_dir': None},
     "shape": {'aspp_channels': None, 'decoder_channels': None, 'skip_proj': 48, 'aspp_dropout': 0.5,
               'decoder_dropout': (0.5, 0.1), 'scm': True, 'scm_channels': 64, 'scm_source': 'image', 'scm_radius': 7,
               'scm_samples': 9, 'scm_bandwidth': 1.0, 'scm_patch': 3, 'scm_tau': 0.5, 'scm_drop_rate': 1.5,

@@ -125,13 +125,43 @@ def test_experiment_notebooks_have_a_parameters_cell():
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), p
 
 
+# the tables registered before issue 20 (which added ISSUE_20): the digests below are over these, so a new table leaves
+# them as they were and its own points and run keys get digests of their own
+ISSUE_20 = ("ssss_t8", "shape_t1", "shape_t5_train", "shape_t6_train", "hfpl_t1", "bana_acc", "bana_s3", "bana_s5")
+
+
+def _tables(new: bool = False) -> dict:
+    from wsss_nb.paper_tables import TABLES
+    return {t: s for t, s in TABLES.items() if (t in ISSUE_20) == new}
+
+
+def _points(tables: dict) -> list:
+    from wsss_nb.paper_tables import table_points
+    return [[t, prof, p["row"], p["seed"], p["config"], p["params"], p["metric"]] for t, s in tables.items()
+            for prof in ("quick", "full") for p in table_points(s, prof, runs_root="/r", data_root="/d")]
+
+
+def _run_keys(tables: dict) -> list:
+    from wsss_nb.paper_tables import table_points
+    from wsss_nb.train import run_config
+    from wsss_nb.bana import bana_config, stage1_config, stage3_config
+    keys = []
+    for t, s in tables.items():
+        for prof in ("quick", "full"):
+            for p in table_points(s, prof, runs_root="/r", data_root="/d"):
+                if s.kind == "bana":
+                    b = bana_config(**p["config"])
+                    keys.append([t, prof, p["row"], p["seed"], stage1_config(b).key, stage3_config(b).key])
+                else: keys.append([t, prof, p["row"], p["seed"], run_config(**p["config"]).key])
+    return keys
+
+
 def test_paper_tables_points_unchanged():
     """Every grid point of the papers' tables (both profiles: row, seed, config, parameters, metric) as before the specs
     moved into per-paper notebooks, written with `grid` and `mc`: finished points are reused by their config hash, so a
     changed point is a re-run. Update the digest only for a deliberate change of a table."""
-    from wsss_nb.paper_tables import TABLES, table_points
-    pts = [[t, prof, p["row"], p["seed"], p["config"], p["params"], p["metric"]] for t, s in TABLES.items()
-           for prof in ("quick", "full") for p in table_points(s, prof, runs_root="/r", data_root="/d")]
+    TABLES = _tables()
+    pts = _points(TABLES)
     assert len(pts) == 449
     digest = hashlib.sha256(json.dumps(pts, sort_keys=True).encode()).hexdigest()
     assert digest == "bca7eed36a88e93340972dbb057995bad330ae4d082039a7566a6345e8da7898"
@@ -158,16 +188,74 @@ def test_paper_tables_run_keys_unchanged():
     its default). Update the digest only for a deliberate change of a table or of a method's default. Issue 17 changed
     one: the DeepLab heads' width (None: the backbone's head_width, 32 on tiny) — the 194 ssss/shape/full points got
     new keys (with the widths spelt out as 128 every key was the old one), the 255 cam/bana points kept theirs."""
-    from wsss_nb.paper_tables import TABLES, table_points
-    from wsss_nb.train import run_config
-    from wsss_nb.bana import bana_config, stage1_config, stage3_config
-    keys = []
-    for t, s in TABLES.items():
-        for prof in ("quick", "full"):
-            for p in table_points(s, prof, runs_root="/r", data_root="/d"):
-                if s.kind == "bana":
-                    b = bana_config(**p["config"])
-                    keys.append([t, prof, p["row"], p["seed"], stage1_config(b).key, stage3_config(b).key])
-                else: keys.append([t, prof, p["row"], p["seed"], run_config(**p["config"]).key])
+    keys = _run_keys(_tables())
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
     assert digest == "931c885ebcff704049c5e55fd5511adedf50bf33bd9b04a7ae1b1a73577c96ff"
+
+
+def test_issue_20_tables_points_and_run_keys():
+    """The tables issue 20 added (two stages, train columns, CAM pseudo labels, BANA's supplement): their grid points
+    and run keys. Most of their runs are runs of the older tables (same run configs: trained once, evaluated again), and
+    every claim they make names rows that hold the paper's number. Update a digest only for a deliberate change."""
+    new = _tables(new=True)
+    assert sorted(new) == sorted(ISSUE_20)
+    pts, keys = _points(new), _run_keys(new)
+    assert len(pts) == 131
+    digest = lambda x: hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()
+    assert digest(pts) == "5edaf83b166da8a3330f03c373808304856b37bc7922da339ae43122cc517d9f"
+    assert digest(keys) == "75bf0a1670d6624ea806cd76e958e4a3c81e60f1c158f54d6071721a9b95d71f"
+    old = {tuple(k[4:]) for k in _run_keys(_tables())}
+    fresh = {k[0] for k in keys if tuple(k[4:]) not in old}        # tables with a run no older table has
+    assert fresh == {"bana_s3", "bana_s5", "shape_t6_train"}         # GAP + NAL and V2, DP, quick α = 0.7
+    for s in new.values():
+        named = {x for c in s.claims for x in (c.better, c.worse)}
+        assert all(r.paper is not None for r in s.rows if r.label in named), s.id
+
+
+def test_two_stage_point_through_papermill(tmp_path):
+    """`train_eval` with `two_stage`: the run's pseudo labels on its training images are exported into its folder,
+    `full` trains on them (its own run, keyed by the export folder) and is scored; both stages' numbers: one point."""
+    bench = make_benchmark(tmp_path / "bench", n_train=8, n_val=4, size=48, seed=1, progress=False)
+    spec = TableSpec(
+        id="tiny_two", paper="ssss", paper_table="Table 0", caption="two stages", protocol="single",
+        base=dict(method="cam", epochs=1, crop=32, batch_size=4, device="cpu", max_train_images=6),
+        params={"two_stage": {"export": {"crf": False}, "evals": {"val_gt": {"gt_labels": True}}}},
+        rows=[Row("one stage", {}, paper=50.0), Row("two stages", {}, paper=55.0, metric="two_stage.val.mIoU"),
+              Row("two stages, gt labels", {}, metric="two_stage.val_gt.mIoU")],
+        claims=[Claim("two beat one", "two stages", "one stage")])
+    kw = dict(runs_root=tmp_path / "runs", out_dir=tmp_path / "tables", data_root=bench, progress=False)
+    r = run_table(spec, "quick", **kw)
+    assert r["failed"] == 0 and all(0 <= p["value"] <= 1 for p in r["points"]), r["points"]
+    assert len({p["path"] for p in r["points"]}) == 1                             # one point, three numbers
+    res = json.loads((Path(r["points"][0]["path"]) / "results.json").read_text())
+    two = res["two_stage"]
+    pdir = Path(two["pseudo_dir"])
+    assert pdir.parent == Path(res["run_dir"])                                     # the export lives in the run
+    assert len(list(pdir.glob("*.png"))) == 6 and two["pseudo"]["split"] == "train"   # its training images only
+    assert two["pseudo"]["infer"]["gt_labels"] is True and two["pseudo"]["infer"]["crf"] is False
+    assert two["config"]["method"] == "full" and two["config"]["method_cfg"]["pseudo_dir"] == str(pdir)
+    assert two["config"]["max_train_images"] == 6 and two["config"]["epochs"] == 1 and two["protocol"] == "single"
+    assert Path(two["run_dir"]).parent == Path(res["run_dir"]).parent             # a run of its own, beside it
+    assert set(two) >= {"val", "val_gt", "pseudo", "history"} and res["val"]["mIoU"] == r["points"][0]["value"]
+    again = run_table(spec, "quick", **kw)
+    assert {p["status"] for p in again["points"]} == {"reused"}
+
+
+def test_box_accuracy_point_through_papermill(tmp_path):
+    """`pseudo_labels` with `accuracy_split` and no pseudo labels (`split=None`): the stage-1 classifier's accuracy on
+    the val split's ground-truth boxes (BANA supplement Sec. 2)."""
+    bench = make_benchmark(tmp_path / "bench", n_train=8, n_val=4, size=64, seed=1, progress=False)
+    spec = TableSpec(
+        id="tiny_acc", paper="bana", paper_table="Table 0", caption="box accuracy", protocol=None,
+        metric="box_accuracy.accuracy", experiment="pseudo_labels", kind="bana",
+        base=dict(cls_epochs=1, cls_crop=48, cls_batch_size=4, device="cpu", max_val_images=3),
+        params={"split": None, "accuracy_split": "val"},
+        rows=[Row("BAP", {"cls_pooling": "bap"}, paper=82.3)])
+    r = run_table(spec, "quick", runs_root=tmp_path / "runs", out_dir=tmp_path / "tables", data_root=bench,
+                  progress=False)
+    p = r["points"][0]
+    assert p["status"] == "done" and 0 <= p["value"] <= 1, p
+    res = json.loads((Path(p["path"]) / "results.json").read_text())
+    assert res["split"] is None and "Ycrf" not in res                               # no pseudo labels made
+    from wsss_nb.data import VOCDataset
+    assert res["box_accuracy"]["boxes"] == sum(len(VOCDataset(bench, "val")[i]["boxes"]) for i in range(3))

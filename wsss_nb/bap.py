@@ -18,7 +18,7 @@ from .methods import Method, BackboneConfig, mask_absent
 
 # %% auto #0
 __all__ = ['check_boxes', 'boxes_to_mask', 'grid_cells', 'background_queries', 'background_attention', 'roi_sample', 'bap_pool',
-           'bin_ranges', 'background_fraction', 'BANAClassifier', 'train_bana_cls']
+           'bin_ranges', 'background_fraction', 'BANAClassifier', 'train_bana_cls', 'box_accuracy']
 
 # %% ../nbs/40_bap.ipynb #3e6d20fe
 def check_boxes(boxes, name: str = "boxes") -> torch.Tensor:
@@ -287,3 +287,28 @@ def train_bana_cls(
             opt.step()
         sched.step()
     return model.eval()
+
+# %% ../nbs/40_bap.ipynb #9126ba88
+@torch.no_grad()
+def box_accuracy(model: BANAClassifier, dataset, max_images: int | None = None) -> dict:
+    """Accuracy of `model` on the ground-truth boxes of the first `max_images` images of `dataset` (supp. Sec. 2):
+    `accuracy` over the object classes, `accuracy_bg` (L+1-way: background is wrong), the number of `boxes` and
+    the accuracy `per_class` (over the object classes; None: no box of the class)."""
+    if not dataset.has_boxes: raise DataError(f"{dataset.root}: no Annotations/; box accuracy needs ground-truth boxes")
+    n = len(dataset) if max_images is None else min(check_int(max_images, "max_images"), len(dataset))
+    was, dev, K, k2 = model.training, next(model.parameters()).device, model.num_classes, model.cfg.roi_bins ** 2
+    model.eval()
+    hits, seen, hits_bg = (torch.zeros(K, dtype=torch.long) for _ in range(3))
+    for i in range(n):
+        s = dataset[i]
+        if not len(s["boxes"]): continue
+        out = model(dict(image=s["image"][None].to(dev), boxes=[s["boxes"].to(dev)]))
+        logits, cls = out["fg_logits"].reshape(-1, k2, K).mean(1).cpu(), out["fg_labels"][::k2].cpu()
+        seen += torch.bincount(cls, minlength=K)
+        hits += torch.bincount(cls[logits[:, 1:].argmax(1) + 1 == cls], minlength=K)
+        hits_bg += torch.bincount(cls[logits.argmax(1) == cls], minlength=K)
+    model.train(was)
+    acc = lambda h, s: float(h / s) if s else None
+    per_class = {c: acc(hits[j + 1], seen[j + 1]) for j, c in enumerate(dataset.classes)}
+    return dict(accuracy=acc(hits.sum(), seen.sum()), accuracy_bg=acc(hits_bg.sum(), seen.sum()),
+                boxes=int(seen.sum()), per_class=per_class)

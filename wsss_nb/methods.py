@@ -6,12 +6,13 @@
 from __future__ import annotations
 import abc, typing
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ConfigError, IGNORE_INDEX, check_int, from_dict, resize
+from .core import ConfigError, DataError, IGNORE_INDEX, check_int, from_dict, resize
 from .backbones import get_backbone
 from .heads import ASPP, DeepLabV3PlusDecoder, aspp_rates
 
@@ -148,13 +149,15 @@ def with_head_width(cfg, backbone):
 
 # %% ../nbs/07_methods.ipynb #549aee7c
 class FullySupervised(Method):
-    "DeepLabv3+ trained on ground-truth masks."
+    "DeepLabv3+ trained on ground-truth masks, or on the label maps of an export folder (`pseudo_dir`: two stages)."
     name = "full"
     @dataclass
     class Config:
+        added_later = ("pseudo_dir",)        # options added after runs were stored: unhashed at defaults
         aspp_channels: int | None = None     # None: the backbone's `head_width` (tiny 32, ResNet-50/101/38 256)
         decoder_channels: int | None = None
         dropout: float = 0.1
+        pseudo_dir: str | None = None        # a folder of <name>.png label maps to train on (None: the dataset's masks)
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
@@ -177,3 +180,12 @@ class FullySupervised(Method):
 
     def predict(self, image, labels=None):
         return mask_absent(self.forward(dict(image=image))["logits"].softmax(1), labels)
+
+    def setup_training(self, cfg, run_dir) -> dict:
+        "Trainer hook: with `pseudo_dir`, the training split's masks are read from it (`mask_dir`); else `{}`."
+        if self.cfg.pseudo_dir is None: return {}
+        d = Path(self.cfg.pseudo_dir).expanduser().resolve()
+        if not d.is_dir():
+            raise DataError(f"method_cfg.pseudo_dir={self.cfg.pseudo_dir}: no such folder; export the pseudo labels "
+                            "first (wsss_nb.infer.evaluate(run, split, cfg, export=folder))")
+        return dict(mask_dir=str(d))
