@@ -210,6 +210,19 @@ def test_tables_exit_nonzero_when_a_point_fails(tmp_path):
     assert r.returncode == 1 and "failed" in r.stderr and "Traceback" not in r.stderr, (r.stdout, r.stderr)
 
 
+def test_tables_render_only_runs_nothing(tmp_path):
+    "issue 20: --render-only writes a profile's tables from stored points alone; none stored: rows 'not run', exit 0."
+    out = tmp_path / "tables"
+    r = run("tables", "ssss_t7", "--profile", "evidence", "--render-only", "--runs", str(tmp_path / "rt"),
+            "--out", str(out))
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "9 points not run yet" in r.stdout and not (tmp_path / "rt").exists()      # 3 claim rows × 3 seeds
+    assert "| not run |" in (out / "evidence" / "ssss_t7.md").read_text()
+    assert json.loads((out / "claims.json").read_text())[0]["verdict"] == "n/a"
+    r = run("tables", "ssss_t7", "--render-only", "--out", str(out))                 # quick always runs
+    assert r.returncode == 2 and "render_only=True" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_out_of_memory_is_one_line(trained, tmp_path):
     "A crop far beyond memory (12 TB for one batch) is reported as such, not as torch's traceback."
     r = run("train", *sets(*TINY, f"data_root={trained[0] / 'bench'}", "crop=1000000", f"out_dir={tmp_path}"))

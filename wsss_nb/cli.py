@@ -90,7 +90,7 @@ def cmd_bench(args) -> int:
 def cmd_tables(args) -> int:
     "Run the papers' tables (missing points only) and write papers_tables/; exit 1 when a point failed."
     from wsss_nb.paper_tables import TABLES, get_table, run_table, table_points
-    from wsss_nb.table_runs import write_index
+    from wsss_nb.table_runs import profile_dir, write_claims, write_index
     ids = args.ids or list(TABLES)
     for t in ids: get_table(t)                          # unknown ids fail before anything runs
     if args.list:
@@ -106,11 +106,15 @@ def cmd_tables(args) -> int:
             warnings.simplefilter("ignore")
             r = run_table(t, args.profile, jobs=args.jobs, runs_root=args.runs, out_dir=args.out,
                           data_root=args.data_root, executor=args.executor, address=args.address,
-                          cpus_per_point=args.cpus_per_point)
+                          cpus_per_point=args.cpus_per_point, render_only=args.render_only)
         n_failed += r["failed"]
-        print(f"  -> {Path(args.out)/(t + '.md')}" + (f" ({r['failed']} failed points)" if r["failed"] else "")
+        missing = sum(p["status"] == "missing" for p in r["points"])
+        print(f"  -> {profile_dir(args.out, args.profile)/(t + '.md')}"
+              + (f" ({r['failed']} failed points)" if r["failed"] else "")
+              + (f" ({missing} points not run yet)" if missing else "")
               + ("" if r["written"] else f"; not rewritten: {r['reason']}"), flush=True)
-    print(f"index: {write_index(args.out)}")
+    print(f"index: {write_index(profile_dir(args.out, args.profile))}")
+    print(f"claims: {write_claims(args.out)}")
     if n_failed:
         print(f"wsss-nb tables: {n_failed} points failed (their errors are in the tables' 'Failed points')",
               file=sys.stderr)
@@ -246,8 +250,12 @@ def _add_tables(sub):
                         description="Run the missing grid points of the papers' tables with papermill and write "
                         "papers_tables/<id>.md, papers_tables/results/<id>.csv and papers_tables/README.md.")
     tb.add_argument("ids", nargs="*", metavar="TABLE_ID", help="tables to run (default: all; see --list)")
-    tb.add_argument("--profile", choices=["quick", "full"], default="quick",
-                    help="quick: 1 seed, small runs; full: 3 seeds")
+    tb.add_argument("--profile", choices=["quick", "evidence", "full"], default="quick",
+                    help="quick: 1 seed, small runs (written to --out); evidence: the rows the claims name, 3 seeds; "
+                    "full: every row, 3 seeds (both written to --out/<profile>, their points kept in "
+                    "--out/results/points)")
+    tb.add_argument("--render-only", action="store_true",
+                    help="evidence, full: run nothing, write the tables from the stored points (others: not run)")
     tb.add_argument("--jobs", type=int, default=1, help="local executor: papermill processes at once")
     tb.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="local: --jobs processes here (default); ray: one Ray task per missing point")

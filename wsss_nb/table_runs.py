@@ -24,7 +24,8 @@ from .train import data_fingerprint, run_config, run_dir
 
 # %% auto #0
 __all__ = ['EXPERIMENTS_DIR', 'KINDS', 'POINTS_FORMAT', 'RAY_RETRIES', 'point_dir', 'run_point', 'read_metric', 'profile_dir',
-           'point_key', 'stored_point', 'store_point', 'run_table', 'write_index', 'written_markdown', 'plot_table']
+           'point_key', 'stored_point', 'store_point', 'run_table', 'write_index', 'write_claims', 'written_markdown',
+           'plot_table']
 
 # %% ../nbs/70a_table_runs.ipynb #39ddb7bf
 EXPERIMENTS_DIR = Path(wsss_nb.__file__).parent/"experiments"
@@ -370,8 +371,24 @@ def write_index(out_dir="papers_tables") -> Path:
             rows.append([f"[{r['paper_table']}]({r['id']}.md)", r["caption"], r["profile"], count,
                          reading or "no directional claim"])
         head = ["Table", "What", "Profile", "Claims: holds / reversed / inconclusive / n/a", "Reading"]
-        lines += [f"## {title}", "", md_table(head, rows), ""]
+        v = [c["verdict"] for r in recs for c in r["claims"]]
+        total = ", ".join(f"{v.count(k)} {k}" for k in ("holds", "reversed", "inconclusive", "n/a"))
+        lines += [f"## {title}", "", md_table(head, rows), "", f"All {len(v)} claims of this paper: {total}.", ""]
     return atomic_write_text(out/"README.md", "\n".join(lines))
+
+def write_claims(out_dir="papers_tables", profiles=("quick", "evidence", "full")) -> Path:
+    """`out_dir/claims.json`: one entry per claim of every table written in each profile's folder — table, paper,
+    claim, rows, profile, n_seeds, ours (effect, 95 % interval, p), paper (effect), verdict."""
+    entries = []
+    for prof in profiles:
+        res = profile_dir(out_dir, prof)/"results"
+        for f in sorted(res.glob("*.json")) if res.is_dir() else []:
+            r = _read_table_json(f)
+            entries += [dict(table=r["id"], paper=r["paper"], claim=c["text"], better=c["better"], worse=c["worse"],
+                             profile=r["profile"], n_seeds=c.get("n_seeds", 0),
+                             ours=dict(effect=c.get("effect"), lo=c.get("lo"), hi=c.get("hi"), p=c.get("p")),
+                             paper_effect=c.get("paper_effect"), verdict=c["verdict"]) for c in r["claims"]]
+    return atomic_write_json(Path(out_dir)/"claims.json", entries)
 
 # %% ../nbs/70a_table_runs.ipynb #8d89a44d
 def written_markdown(table_id: str, out_dir="papers_tables", headings: bool = True) -> str:
