@@ -11,8 +11,7 @@ import torch
 
 from wsss_nb.data import VOCDataset
 from wsss_nb.synthetic import make_benchmark
-from wsss_nb.train import load_checkpoint, make_datasets, make_optimizer, run_config, run_dir, train, train_step, \
-    validate
+from wsss_nb.train import load_checkpoint, make_datasets, make_optimizer, run_config, run_dir, train_step, validate
 from wsss_nb.zoo import build_method
 
 BIN = Path(sys.executable).parent
@@ -20,17 +19,17 @@ TORCHRUN = shutil.which("torchrun") or str(BIN / "torchrun")
 TIMEOUT = 300                                   # seconds for one launch; a tiny one takes ~5-15 s here
 
 
-def _env():
+def _env(**extra):
     "The test's own environment (PYTHONPATH included), with the venv's console scripts on PATH."
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
 
 def _launch(*args):
     return [TORCHRUN, "--standalone", "--nproc_per_node", "2", *args]
 
 
-def _run(cmd):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+def _run(cmd, **env):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(**env))
     assert r.returncode == 0, _failure(r.stderr)
     return r
 
@@ -74,15 +73,17 @@ def test_launch_trains_the_run_of_one_process(bench, launched, tmp_path):
     "(a) The launch writes the folder (same hash) of the same run in one process; its checkpoint loads in one."
     cfg, stdout = launched
     assert len(stdout.strip().splitlines()) == 1 and stdout.startswith("run "), stdout   # rank 0 prints
-    one = train(cfg, out_dir=str(tmp_path / "one"))
-    (rd,) = [p for p in Path(cfg["out_dir"]).iterdir() if p.is_dir()]
-    assert rd.name == Path(one["run_dir"]).name == run_config(cfg).key
+    _run([sys.executable, "-m", "wsss_nb", "train", *_sets({**cfg, "out_dir": str(tmp_path / "one")})],
+         OMP_NUM_THREADS="1")                                      # the same run in one process
+    (rd,), (rd1,) = ([p for p in Path(d).iterdir() if p.is_dir()] for d in (cfg["out_dir"], tmp_path / "one"))
+    assert rd.name == rd1.name == run_config(cfg).key
+    one = json.loads((rd1 / "metrics.json").read_text())
     m = json.loads((rd / "metrics.json").read_text())
     assert [e["epoch"] for e in m["history"]] == list(range(1, EPOCHS + 1))
     assert {e["world_size"] for e in m["history"]} == {2} and "world_size" not in one["history"][0]
     assert len((rd / "log.txt").read_text().splitlines()) == EPOCHS             # one writer
     read = lambda d: json.loads((Path(d) / "config.json").read_text())
-    assert read(rd) == {**read(one["run_dir"]), "out_dir": cfg["out_dir"]}
+    assert read(rd) == {**read(rd1), "out_dir": cfg["out_dir"]}
     # the checkpoint loads in one process, which scores it as the launch's sharded validation did
     c = run_config(cfg)
     model = build_method(c.method, VOCDataset(bench, "val").num_classes, c.method_cfg, c.backbone_cfg)
