@@ -29,9 +29,14 @@ def _launch(*args):
 
 
 def _run(cmd, **env):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(**env))
-    assert r.returncode == 0, _failure(r.stderr)
-    return r
+    "Run `cmd` to its end (TIMEOUT at most: then it and every process it started are killed); its stdout."
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**env),
+                         start_new_session=True)
+    try: out, err = p.communicate(timeout=TIMEOUT)
+    finally:
+        if p.poll() is None: os.killpg(p.pid, signal.SIGKILL)      # a hang: the workers go with torchrun
+    assert p.returncode == 0, _failure(err)
+    return out
 
 
 def _failure(err: str) -> str:
@@ -66,7 +71,7 @@ EPOCHS = 6
 def launched(bench, tmp_path_factory):
     "A launch of two processes that trains a tiny `cam` run for EPOCHS epochs: (config, stdout)."
     cfg = _tiny(bench, epochs=EPOCHS, out_dir=str(tmp_path_factory.mktemp("ddp") / "runs"))
-    return cfg, _run(_launch("-m", "wsss_nb", "train", *_sets(cfg))).stdout
+    return cfg, _run(_launch("-m", "wsss_nb", "train", *_sets(cfg)))
 
 
 def test_launch_trains_the_run_of_one_process(bench, launched, tmp_path):
@@ -97,8 +102,9 @@ GRAD_SCRIPT = textwrap.dedent('''
     import json, sys, torch
     from wsss_nb.core import seed_everything
     from wsss_nb.data import VOCDataset
-    from wsss_nb.train import (build_method, ddp_model, dist_env, join_launch, launch_device, make_datasets,
-                               make_optimizer, run_config, train_loader, train_step)
+    from wsss_nb.train import (ddp_model, dist_env, join_launch, launch_device, make_datasets, make_optimizer,
+                               run_config, train_loader, train_step)
+    from wsss_nb.zoo import build_method
     cfg, out = run_config(**json.loads(sys.argv[1])), sys.argv[2]
     env = dist_env()
     device = launch_device(cfg, env)
