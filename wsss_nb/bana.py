@@ -5,6 +5,7 @@
 # %% ../nbs/52_bana.ipynb #a6aac270
 from __future__ import annotations
 import json
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from .core import ConfigError, from_dict, to_dict, config_hash, atomic_write_jso
 from .data import VOCDataset
 from .box_pseudo import export_pseudo_labels, pseudo_config
 from .nal import BANASegmenter, read_manifest
-from .train import run_config, run_dir, train
+from .train import dist_env, run_config, run_dir, train
 from .infer import PROTOCOLS, evaluate, load_run, protocol
 
 # %% auto #0
@@ -133,11 +134,18 @@ def bana_pseudo_labels(cfg=None, **overrides) -> Path:
     cfg = bana_config(cfg, **overrides)
     r1 = train(stage1_config(cfg))
     pdir = pseudo_dir(cfg)
-    if not (pdir/"pseudo_labels.json").is_file():
+    manifest = pdir/"pseudo_labels.json"                 # written last
+    if not dist_env().main: _wait_for(manifest.is_file)  # in a launch rank 0 exports, the others wait for it
+    elif not manifest.is_file():
         ds = VOCDataset(cfg.data_root, cfg.train_split, max_images=cfg.max_train_images)
         stage1, _ = load_run(r1["run_dir"])
         export_pseudo_labels(stage1, ds, pdir, generation_config(cfg), progress=cfg.progress)
     return pdir
+
+def _wait_for(ready, poll: float = 0.5):
+    "What `ready()` returns once it is truthy (a launch's other processes waiting for rank 0's files)."
+    while not (got := ready()): time.sleep(poll)
+    return got
 
 # %% ../nbs/52_bana.ipynb #1bdba477
 def run_bana(cfg=None, **overrides) -> dict:
@@ -151,9 +159,12 @@ def run_bana(cfg=None, **overrides) -> dict:
     name = cfg.eval_protocol                       # the release scores a DeepLab-V2 network with V2's CRF parameters
     if name == "bana" and c3.method_cfg.get("head") == "v2": name = "bana_v2"
     how = dict(protocol=name, crf=cfg.eval_crf, split=cfg.val_split, max_images=cfg.max_val_images)
-    if (rd/"bana.json").is_file():
-        done = json.loads((rd/"bana.json").read_text())
-        if done.get("evaluation") == how: return done                  # else: evaluated another way, score again
+    def scored():
+        "bana.json when it holds this evaluation, else None."
+        s = json.loads((rd/"bana.json").read_text()) if (rd/"bana.json").is_file() else {}
+        return s if s.get("evaluation") == how else None
+    if (s := scored()) is not None: return s             # else: not scored yet, or another way: score again
+    if not dist_env().main: return _wait_for(scored)     # in a launch rank 0 scores, the others wait for it
     model, _ = load_run(rd, cfg.device)
     model.setup_training(c3, rd)
     model.save_confidence(c3.epochs)  # the state after the last epoch

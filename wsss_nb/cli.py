@@ -36,11 +36,12 @@ def cmd_make_data(args) -> int:
 
 # %% ../nbs/80_cli.ipynb #891b4cf1
 def cmd_train(args) -> int:
-    "Train (or resume) a run; print where it lives and its final metrics."
-    from wsss_nb.train import train
+    "Train (or resume) a run; print where it lives and its final metrics (under torchrun: rank 0 prints)."
+    from wsss_nb.train import dist_env, train
     r = train(args.config, **_key_values(args.set))
     f = r["final"]
-    print(f"run {r['run_dir']}: mIoU {f['mIoU']:.4f}  bIoU {f['bIoU']:.4f}  F {f['F']:.4f}  J&F {f['J&F']:.4f}")
+    if dist_env().main:
+        print(f"run {r['run_dir']}: mIoU {f['mIoU']:.4f}  bIoU {f['bIoU']:.4f}  F {f['F']:.4f}  J&F {f['J&F']:.4f}")
     return 0
 
 # %% ../nbs/80_cli.ipynb #e71f6242
@@ -171,7 +172,9 @@ def _add_make_data(sub):
 def _add_train(sub):
     t = sub.add_parser("train", help="train (or resume) a run",
                        description="Train a run from a config file and/or key=value settings (RunConfig fields; "
-                       "method options as method_cfg.<name>). A run that exists resumes.")
+                       "method options as method_cfg.<name>). A run that exists resumes. Under torchrun "
+                       "(torchrun --nproc_per_node N -m wsss_nb train ...) the N processes train the run together "
+                       "(DistributedDataParallel; batch_size is the global batch).")
     t.add_argument("--config", help="a json file of RunConfig fields")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a RunConfig field (repeatable), e.g. method=cam")

@@ -15,9 +15,9 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'WSSSError', 'DataError', 'ConfigError', 'CheckpointError', 'check_int', 'check_num', 'get_device',
-           'to_numpy', 'seed_everything', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'atomic_torch_save', 'voc_palette', 'check_shape', 'check_labels', 'check_label_map', 'resize', 'to_dict',
-           'from_dict', 'config_hash', 'hashed_view']
+           'to_numpy', 'seed_everything', 'main_process', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'atomic_torch_save', 'voc_palette', 'check_shape', 'check_labels', 'check_label_map',
+           'resize', 'to_dict', 'from_dict', 'config_hash', 'hashed_view']
 
 # %% ../nbs/00_core.ipynb #278e8851
 class WSSSError(Exception):
@@ -94,6 +94,12 @@ def seed_everything(seed: int, deterministic: bool = True) -> int:
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     return seed
+
+# %% ../nbs/00_core.ipynb #e0d42c32
+def main_process() -> bool:
+    "False in every process of an initialised `torch.distributed` group but rank 0 (the one that writes); else True."
+    d = torch.distributed
+    return not (d.is_available() and d.is_initialized()) or d.get_rank() == 0
 
 # %% ../nbs/00_core.ipynb #fe516443
 _UMASK = os.umask(0)

@@ -22,6 +22,7 @@ from wsss_nb.core import (
     check_num,
     check_shape,
     check_label_map,
+    main_process,
     resize,
 )
 from .data import VOCDataset
@@ -206,8 +207,8 @@ class BANASegmenter(Method):
             raise DataError(
                 "batch['yret']: bana_seg trains on Ycrf (mask) and Yret; build the data with setup_training's options"
             )
-        if self.training and self.confidence_dir is not None and epoch not in self._snapshots:
-            self._snapshots.add(epoch)
+        if self.training and self.confidence_dir is not None and epoch not in self._snapshots and main_process():
+            self._snapshots.add(epoch)                   # under torchrun rank 0 alone writes the run's files
             self.save_confidence(epoch)
         c = self.cfg
         beta = self.bootstrap_beta(epoch) if c.loss == "bootstrap" else 1.0

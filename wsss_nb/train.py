@@ -4,11 +4,15 @@
 
 # %% ../nbs/50_train.ipynb #8d83b915
 from __future__ import annotations
-import dataclasses, fcntl, json, time, typing
+import atexit, dataclasses, fcntl, json, os, time, typing
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .core import (ConfigError, CheckpointError, DataError, WSSSError, get_device, seed_everything, from_dict,
@@ -20,9 +24,9 @@ from .zoo import METHODS, RECIPE_FIELDS, build_method, method_config, method_rec
 from .hfpl import ISLConfig, FSLConfig, with_hfpl
 
 # %% auto #0
-__all__ = ['RunConfig', 'data_fingerprint', 'run_config', 'make_optimizer', 'set_lr', 'make_datasets', 'train_loader',
-           'setup_training', 'to_device', 'validate', 'TrainingError', 'run_dir', 'load_checkpoint', 'train',
-           'train_step']
+__all__ = ['RunConfig', 'data_fingerprint', 'run_config', 'make_optimizer', 'set_lr', 'DistEnv', 'dist_env', 'launch_device',
+           'join_launch', 'ddp_model', 'bare_model', 'make_datasets', 'train_loader', 'setup_training', 'to_device',
+           'validate', 'TrainingError', 'run_dir', 'load_checkpoint', 'train', 'train_step']
 
 # %% ../nbs/50_train.ipynb #29da1bfa
 _UNHASHED = ("out_dir", "device", "log_interval", "progress")   # left out of the hash
@@ -31,7 +35,8 @@ _UNHASHED = ("out_dir", "device", "log_interval", "progress")   # left out of th
 class RunConfig:
     "Everything one training run depends on."
     added_later = ("recipe", "lr_steps", "bias_lr_mult", "bias_decay",   # out of the hash at their defaults
-                   "num_workers")            # > 0: other augmentation draws (see `train_loader`), another run
+                   "num_workers",            # > 0: other augmentation draws (see `train_loader`), another run
+                   "sync_bn")
     method: str = "cam"
     method_cfg: dict = field(default_factory=dict)
     recipe: typing.Literal["benchmark", "official"] = "benchmark"   # what the None fields below are filled from
@@ -62,6 +67,7 @@ class RunConfig:
     bias_decay: bool | None = None    # False: no weight decay on biases
     grad_clip: float | None = None
     amp: bool = False                 # mixed precision (bfloat16 autocast on CPU, float16 on CUDA)
+    sync_bn: bool = False             # under torchrun: BatchNorm statistics over the global batch (CUDA only)
     seed: int = 0
     device: str = "auto"
     out_dir: str = "runs"
@@ -187,6 +193,92 @@ def set_lr(opt, cfg: RunConfig, it: int, total: int) -> float:
     for g in opt.param_groups: g["lr"] = g["base_lr"] * f
     return f
 
+# %% ../nbs/50_train.ipynb #ea2c941d
+@dataclass(frozen=True)
+class DistEnv:
+    "Where this process stands in a torchrun launch; a single process is rank 0 of 1."
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool: return self.rank == 0          # the one process that writes the run's files
+
+def dist_env(environ=None) -> DistEnv:
+    "The launch torchrun describes in `environ` (default `os.environ`): `WORLD_SIZE`, `RANK`, `LOCAL_RANK`."
+    env = os.environ if environ is None else environ
+    if env.get("WORLD_SIZE", "1") in ("", "1"): return DistEnv()
+    v = {}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR"):
+        if not env.get(k): raise ConfigError(f"{k}: not set, but WORLD_SIZE={env['WORLD_SIZE']}; launch with torchrun")
+        if k == "MASTER_ADDR": continue
+        try: v[k] = int(env[k])
+        except ValueError: raise ConfigError(f"{k}={env[k]!r}: expected an integer (torchrun sets it)") from None
+    if not 0 <= v["RANK"] < v["WORLD_SIZE"] or v["LOCAL_RANK"] < 0:
+        raise ConfigError(f"RANK={v['RANK']}, LOCAL_RANK={v['LOCAL_RANK']}, WORLD_SIZE={v['WORLD_SIZE']}: "
+                          f"expected 0 ≤ RANK < WORLD_SIZE and LOCAL_RANK ≥ 0")
+    return DistEnv(v["RANK"], v["WORLD_SIZE"], v["LOCAL_RANK"])
+
+# %% ../nbs/50_train.ipynb #88de0555
+def launch_device(cfg: RunConfig, env: DistEnv) -> torch.device:
+    "This process's device for run `cfg` (`cfg.device`; `cuda:LOCAL_RANK` in a CUDA launch), once the run fits `env`."
+    dev = get_device(cfg.device)
+    if env.world_size == 1: return dev
+    if cfg.batch_size % env.world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size}: the global batch must split evenly over the {env.world_size} "
+                          f"processes of this launch (each takes batch_size / {env.world_size})")
+    if dev.type != "cuda":
+        if cfg.sync_bn:
+            raise ConfigError(f"sync_bn=True: torch's SyncBatchNorm runs on CUDA only, and this launch is on "
+                              f"{dev.type}; set sync_bn=false or launch on GPUs")
+        return dev
+    if dev.index not in (None, env.local_rank):
+        raise ConfigError(f"device={cfg.device!r}: in a launch process LOCAL_RANK={env.local_rank} uses "
+                          f"cuda:{env.local_rank}; give device=cuda or auto")
+    if env.local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK={env.local_rank}: this machine has {torch.cuda.device_count()} CUDA devices; "
+                          f"start at most that many processes per node (--nproc_per_node)")
+    return torch.device("cuda", env.local_rank)
+
+def join_launch(env: DistEnv, device: torch.device) -> bool:
+    "Join the launch's process group (gloo on CPU, NCCL on CUDA) once per process, left at exit; False alone."
+    if env.world_size == 1: return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        if backend == "nccl": torch.cuda.set_device(device)
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)   # env:// from torchrun
+        atexit.register(_leave_launch)
+    elif dist.get_backend() == "nccl" and backend == "gloo":
+        raise ConfigError(f"device={device}: this process joined its launch's NCCL group (CUDA); a CPU run cannot")
+    return True
+
+def _leave_launch():
+    if dist.is_initialized(): dist.destroy_process_group()
+
+# %% ../nbs/50_train.ipynb #6bf98576
+def ddp_model(model, cfg: RunConfig, env: DistEnv, device: torch.device):
+    "`model` in one process; in a launch wrapped in DistributedDataParallel (BatchNorms synchronised with `sync_bn`)."
+    if env.world_size == 1: return model
+    if cfg.sync_bn: model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)   # same parameters, same buffers
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=False)
+
+def bare_model(model):
+    "The method inside a DistributedDataParallel wrapper (or `model` itself)."
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+def _barrier(env: DistEnv):
+    if env.world_size > 1: dist.barrier()
+
+def _same_everywhere(value, what: str, env: DistEnv):
+    "Stop every process of the launch when they disagree on `value`."
+    if env.world_size == 1: return
+    got = [None] * env.world_size
+    dist.all_gather_object(got, value)
+    if len(set(map(repr, got))) > 1:
+        raise CheckpointError(f"{what}: the launch's processes read {got} (rank by rank); is out_dir on a filesystem "
+                              f"every node sees?")
+
 # %% ../nbs/50_train.ipynb #8e64a1fa
 def make_datasets(cfg: RunConfig, train_options: dict | None = None):
     "Train (with augmentation and the method's `train_options`) and val datasets of a run, cut to `max_*_images`."
@@ -199,10 +291,16 @@ def make_datasets(cfg: RunConfig, train_options: dict | None = None):
     return tr, va
 
 # %% ../nbs/50_train.ipynb #f9892475
-def train_loader(train_ds, cfg: RunConfig) -> torch.utils.data.DataLoader:
-    "The run's training batches: shuffled, `batch_size` each (a last partial batch dropped), `num_workers` processes."
-    return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                                       drop_last=len(train_ds) >= cfg.batch_size, num_workers=cfg.num_workers)
+def train_loader(train_ds, cfg: RunConfig, epoch: int = 0, env: DistEnv = DistEnv()) -> torch.utils.data.DataLoader:
+    """The run's training batches: shuffled, `batch_size` each (a last partial batch dropped), `num_workers` processes.
+    In a launch of N processes this process's share: `batch_size / N` from a `DistributedSampler` at `epoch`."""
+    drop = len(train_ds) >= cfg.batch_size
+    kw = dict(collate_fn=collate, drop_last=drop, num_workers=cfg.num_workers)
+    if env.world_size == 1: return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, **kw)
+    sampler = torch.utils.data.DistributedSampler(train_ds, env.world_size, env.rank, shuffle=True, seed=cfg.seed,
+                                                  drop_last=drop)
+    sampler.set_epoch(epoch)
+    return torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size // env.world_size, sampler=sampler, **kw)
 
 # %% ../nbs/50_train.ipynb #0f74ef0c
 def setup_training(model, cfg: RunConfig, run_dir) -> dict:
@@ -222,20 +320,35 @@ def to_device(batch: dict, device) -> dict:
 
 # %% ../nbs/50_train.ipynb #cb8902d8
 @torch.no_grad()
-def validate(model, dataset, device=None, progress: bool = False) -> dict:
-    "Single-scale evaluation of `model.predict` on `dataset` (one image at a time): SegEvaluator summary."
+def validate(model, dataset, device=None, progress: bool = False, env: DistEnv = DistEnv()) -> dict:
+    """Single-scale evaluation of `model.predict` on `dataset` (one image at a time): SegEvaluator summary.
+    In a launch of N processes each scores every N-th image and the counts are summed over the processes."""
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
     ev = SegEvaluator(dataset.num_classes, class_names=("background", *dataset.classes))
-    for i in tqdm(range(len(dataset)), desc="val", leave=False, disable=not progress):
+    for i in tqdm(range(env.rank, len(dataset), env.world_size), desc="val", leave=False, disable=not progress):
         s = dataset[i]
         p = model.predict(s["image"][None].to(device))[0]
         if not torch.isfinite(p).all():
             raise TrainingError(f"validation: non-finite predictions on {s['name']} (diverged weights: lr too large?)")
         ev.update(p.argmax(0).cpu(), s["mask"])
     model.train(was)
+    if env.world_size > 1: _sum_counts(ev, device)
     return ev.summary()
+
+_COUNTS = ("cm", "b_counts", "f_counts")       # SegEvaluator's integer sums over images
+
+def _sum_counts(ev: SegEvaluator, device):
+    "Sum an evaluator's counts over the launch's processes (in place)."
+    parts = [getattr(ev, k) for k in _COUNTS]
+    flat = torch.from_numpy(np.concatenate([p.ravel() for p in parts] + [np.array([ev.n_images])])).to(device)
+    dist.all_reduce(flat)
+    flat, i = flat.cpu().numpy(), 0
+    for k, p in zip(_COUNTS, parts):
+        setattr(ev, k, flat[i:i + p.size].reshape(p.shape).copy())
+        i += p.size
+    ev.n_images = int(flat[-1])
 
 # %% ../nbs/50_train.ipynb #57054727
 class TrainingError(WSSSError, RuntimeError):
@@ -275,14 +388,18 @@ def load_checkpoint(path, model, opt=None) -> dict:
 
 # %% ../nbs/50_train.ipynb #d142e197
 def train(cfg, **overrides) -> dict:
-    "Train (or resume, or just return) the run described by `cfg`; returns its metrics dict."
+    "Train (or resume, or just return) the run described by `cfg`, alone or as one process of a torchrun launch."
     cfg = run_config(cfg, **overrides)
+    env = dist_env()
+    device = launch_device(cfg, env)
+    join_launch(env, device)
     rd = run_dir(cfg)
+    if not env.main: return _train(cfg, rd, env, device)     # rank 0 holds the run's lock for its launch
     rd.mkdir(parents=True, exist_ok=True)
     with open(rd/".lock", "w") as lock:           # one process per run: a second one asking for it waits, then
         fcntl.flock(lock, fcntl.LOCK_EX)          # finds it finished (the lock dies with its process)
         if not (rd/".lock").exists(): return train(cfg)     # the holder failed and removed the folder: start afresh
-        try: return _train(cfg, rd)
+        try: return _train(cfg, rd, env, device)
         except BaseException:
             if not (rd/"checkpoint.pt").exists(): _remove_orphan(rd)
             raise
@@ -295,11 +412,12 @@ def _remove_orphan(rd: Path):
     if not any(rd.iterdir()): rd.rmdir()
 
 # %% ../nbs/50_train.ipynb #5a7d81d3
-def _train(cfg: RunConfig, rd: Path) -> dict:
-    for stale in rd.glob(".*.tmp"): stale.unlink()      # left by a run killed mid-write (we hold the lock)
+def _train(cfg: RunConfig, rd: Path, env: DistEnv, device: torch.device) -> dict:
     cfg_d = to_dict(cfg)
-    atomic_write_json(rd/"config.json", cfg_d)
-    device = get_device(cfg.device)
+    if env.main:
+        for stale in rd.glob(".*.tmp"): stale.unlink()      # left by a run killed mid-write (we hold the lock)
+        atomic_write_json(rd/"config.json", cfg_d)
+    _barrier(env)                                           # the others read the run's folder once rank 0 holds it
     seed_everything(cfg.seed)
     classes = VOCDataset(cfg.data_root, cfg.val_split, max_images=1).num_classes
     model = build_method(cfg.method, classes, cfg.method_cfg, cfg.backbone_cfg).to(device)
@@ -309,32 +427,37 @@ def _train(cfg: RunConfig, rd: Path) -> dict:
     if (rd/"checkpoint.pt").exists():
         ck = load_checkpoint(rd/"checkpoint.pt", model, opt)
         history, start, final = ck["history"], ck["epoch"], ck.get("final")
+    _same_everywhere(start, f"{rd/'checkpoint.pt'}: epoch", env)
     if start >= cfg.epochs and final is not None:
         return dict(config=cfg_d, run_dir=str(rd), history=history, final=final)
+    net = ddp_model(model, cfg, env, device)
     steps = max(1, len(train_ds) // cfg.batch_size)
     total, data = steps * cfg.epochs, data_fingerprint(cfg.data_root)
-    with open(rd/"log.txt", "a") as log:
+    with open(rd/"log.txt", "a") if env.main else nullcontext() as log:
         for epoch in range(start, cfg.epochs):
-            final = _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device)
+            final = _train_epoch(net, opt, train_ds, val_ds, cfg, epoch, steps, total, device, env)
             rec = dict(epoch=epoch + 1, **{k: final[k] for k in ("seconds", "mIoU", "bIoU", "F", "J&F", "pixel_acc")},
                        **{k: v for k, v in final.items() if k.startswith("loss_")})
+            if env.world_size > 1: rec["world_size"] = env.world_size
             history.append(rec)
+            if not env.main: continue
             atomic_torch_save(dict(model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1,
                                    history=history, final=final, config=cfg_d, data=data), rd/"checkpoint.pt")
             atomic_write_json(rd/"metrics.json", dict(config=cfg_d, run_dir=str(rd), history=history, final=final))
             print(json.dumps(rec), file=log, flush=True)    # logged once the epoch is saved: never repeated
+    _barrier(env)                                           # every process returns once rank 0 has written the run
     return dict(config=cfg_d, run_dir=str(rd), history=history, final=final)
 
 # %% ../nbs/50_train.ipynb #50e9583a
 def train_step(model, opt, batch: dict, cfg: RunConfig, epoch: int = 0, it: int = 0) -> dict:
-    "One optimisation step on a batch already on the model's device; returns the detached loss terms."
+    "One optimisation step (of a method, or of its `ddp_model`) on a batch on its device; returns the loss terms."
     device = next(model.parameters()).device
     with torch.autocast(
         device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=cfg.amp
     ):
         try:
-            out = model(batch)
-            terms = model.losses(batch, out, epoch)
+            out = model(batch)                              # through DDP's wrapper in a launch: gradients averaged
+            terms = bare_model(model).losses(batch, out, epoch)
             if cfg.hfpl: terms = with_hfpl(terms, batch, out["cams"], batch["labels"], cfg.isl, cfg.fsl)
         except DataError as e:         # a component refused the model's own outputs (PAMR: non-finite masks)
             raise TrainingError(f"step {it} (epoch {epoch + 1}): {e} — the model diverged (lr too large?); "
@@ -347,21 +470,28 @@ def train_step(model, opt, batch: dict, cfg: RunConfig, epoch: int = 0, it: int 
     return {k: v.detach() for k, v in terms.items()}
 
 # %% ../nbs/50_train.ipynb #7810abd9
-def _train_epoch(model, opt, train_ds, val_ds, cfg, epoch, steps, total, device) -> dict:
-    "One epoch from a fixed seed, then validation: the val summary plus mean loss terms and seconds."
-    seed_everything(cfg.seed * 100_003 + epoch)
-    loader = train_loader(train_ds, cfg)
-    model.train()
+def _train_epoch(net, opt, train_ds, val_ds, cfg, epoch, steps, total, device, env=DistEnv()) -> dict:
+    "One epoch from a fixed seed, then validation: the val summary plus mean loss terms (over processes) and seconds."
+    seed_everything(cfg.seed * 100_003 + epoch + env.rank * 1_000_003)   # rank 0: the single-process seed
+    loader = train_loader(train_ds, cfg, epoch, env)
+    net.train()
+    show = cfg.progress and env.main
     sums, n, t0 = {}, 0, time.time()
-    bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress)
+    bar = tqdm(loader, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not show)
     for i, batch in enumerate(bar):
         it = epoch * steps + i
         set_lr(opt, cfg, it, total)
-        terms = train_step(model, opt, to_device(batch, device), cfg, epoch, it)
+        terms = train_step(net, opt, to_device(batch, device), cfg, epoch, it)
         for k, v in terms.items(): sums[k] = sums.get(k, 0.) + float(v)
         n += 1
         if i % cfg.log_interval == 0: bar.set_postfix({k: f"{v / n:.3f}" for k, v in sums.items()})
     seconds = round(time.time() - t0, 2)
+    model = bare_model(net)
+    if env.world_size > 1:                     # the loss means over every process; rank 0's BatchNorm statistics
+        t = torch.tensor([sums[k] for k in sums], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        sums = dict(zip(sums, (t / env.world_size).tolist()))
+        for b in model.buffers(): dist.broadcast(b, 0)
     _check_weights(model, epoch, cfg)
-    return dict(validate(model, val_ds, device, progress=cfg.progress), seconds=seconds,
+    return dict(validate(model, val_ds, device, progress=show, env=env), seconds=seconds,
                 **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()})
