@@ -196,14 +196,15 @@ def test_paper_tables_run_keys_unchanged():
 def test_issue_20_tables_points_and_run_keys():
     """The tables issue 20 added (two stages, train columns, CAM pseudo labels, BANA's supplement): their grid points
     and run keys. Most of their runs are runs of the older tables (same run configs: trained once, evaluated again), and
-    every claim they make names rows that hold the paper's number. Update a digest only for a deliberate change."""
+    every claim they make names rows that hold the paper's number. Update a digest only for a deliberate change: the
+    two-stage rows of ssss_t8 and shape_t1 left the quick profile (131 → 125 points; make reproduce's 20 minutes)."""
     new = _tables(new=True)
     assert sorted(new) == sorted(ISSUE_20)
     pts, keys = _points(new), _run_keys(new)
-    assert len(pts) == 131
+    assert len(pts) == 125
     digest = lambda x: hashlib.sha256(json.dumps(x, sort_keys=True).encode()).hexdigest()
-    assert digest(pts) == "5edaf83b166da8a3330f03c373808304856b37bc7922da339ae43122cc517d9f"
-    assert digest(keys) == "75bf0a1670d6624ea806cd76e958e4a3c81e60f1c158f54d6071721a9b95d71f"
+    assert digest(pts) == "0245ffc77bc98bcf9f1a52a9e87b64df6c79c72a3856b4e270d77c948ece16fa"
+    assert digest(keys) == "a74c2343618f837899ea3a46bd8370b0f61c63505b2946a22f28a43d5112e211"
     old = {tuple(k[4:]) for k in _run_keys(_tables())}
     fresh = {k[0] for k in keys if tuple(k[4:]) not in old}        # tables with a run no older table has
     assert fresh == {"bana_s3", "bana_s5", "shape_t6_train"}         # GAP + NAL and V2, DP, quick α = 0.7
