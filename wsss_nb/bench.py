@@ -22,7 +22,7 @@ from .train import (RunConfig, run_config, make_optimizer, make_datasets, setup_
                            train_loader)
 
 # %% auto #0
-__all__ = ['time_call', 'torch_threads', 'bench_pamr', 'bench_fsl', 'bench_train']
+__all__ = ['time_call', 'torch_threads', 'bench_pamr', 'bench_fsl', 'machine_info', 'bench_train']
 
 # %% ../nbs/65_bench.ipynb #866a5841
 def _sync(device):
@@ -314,7 +314,7 @@ def _loader_bench(cfg: RunConfig, state: dict, steps: int, warmup: int, device, 
                 loading_overhead_ms=median(loaded) - median(plain), cache_mib=tr.cache_info()["bytes"] / 2**20)
 
 # %% ../nbs/65_bench.ipynb #e31a4810
-def _machine(device, threads: int) -> dict:
+def machine_info(device, threads: int) -> dict:
     "Device, threads, torch version, CPU model and native bf16 support (None: unknown) of this machine."
     cpu, flags = None, None
     try:
@@ -354,7 +354,7 @@ def bench_train(methods=("cam", "ssss", "shape", "bana_cls", "bana_seg", "full")
         mem = {m: _method_memory(s, device, threads, work, timeout) if memory else dict(peak_mib=None, memory=None)
                for m, s in states.items()}
         loading = _loader_bench(cfgs["cam"], states["cam"], steps, warmup, device, work) if "cam" in cfgs else None
-    return _train_result(cfgs, times, mem, loading, _machine(device, n_threads), steps, warmup)
+    return _train_result(cfgs, times, mem, loading, machine_info(device, n_threads), steps, warmup)
 
 # %% ../nbs/65_bench.ipynb #7668fb3a
 def _train_result(cfgs, times, mem, loading, machine, steps, warmup) -> dict:

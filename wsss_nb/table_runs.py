@@ -4,7 +4,7 @@
 
 # %% ../nbs/70a_table_runs.ipynb #aa89104d
 from __future__ import annotations
-import datetime, json, logging, math, os, platform, re, socket, textwrap, time, warnings
+import datetime, json, logging, math, re, socket, textwrap, time, warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -16,8 +16,12 @@ import pandas as pd
 import papermill as pm
 from tqdm.auto import tqdm
 
+import torch
+
 import wsss_nb
-from .core import ConfigError, DataError, WSSSError, atomic_write_json, atomic_write_text, config_hash
+from .core import (ConfigError, DataError, WSSSError, atomic_write_json, atomic_write_text, config_hash,
+                          get_device)
+from .bench import machine_info
 from .bana import bana_config, stage1_config, stage3_config
 from .tables import PAPERS, TableSpec, as_percent, md_table, summarize, table_markdown, table_points
 from .train import data_fingerprint, run_config, run_dir
@@ -143,11 +147,6 @@ def point_key(config: dict, experiment: str, params: dict, kind: str = "run") ->
     folder = str(point_dir(portable, experiment, params, kind))
     return config_hash(dict(folder=folder, data=fp, format=POINTS_FORMAT), 16)
 
-def _machine() -> dict:
-    import torch
-    return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
-                gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-
 def stored_point(store, key: str) -> dict | None:
     "The stored point `key` as a run_point result (status 'stored'); None when absent or unreadable (warned)."
     f = Path(store)/f"{key}.json"
@@ -166,7 +165,8 @@ def store_point(store, key: str, point: dict, result: dict, spec: TableSpec) -> 
         key=key, format=POINTS_FORMAT, kind=spec.kind, experiment=spec.experiment, params=point["params"],
         config={k: v for k, v in point["config"].items() if k not in ("out_dir", "data_root")},
         data=data_fingerprint(point["config"].get("data_root", "data/synthetic")), results=result["results"],
-        seconds=result["seconds"], machine=_machine(), date=datetime.date.today().isoformat()))
+        seconds=result["seconds"], machine=machine_info(get_device("auto"), torch.get_num_threads()),   # the storer's
+        date=datetime.date.today().isoformat()))
 
 # %% ../nbs/70a_table_runs.ipynb #de89a761
 def _local_results(todo: list[dict], spec: TableSpec, notebooks, jobs: int):
