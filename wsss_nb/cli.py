@@ -91,7 +91,7 @@ def cmd_bench(args) -> int:
 def cmd_tables(args) -> int:
     "Run the papers' tables (missing points only) and write papers_tables/; exit 1 when a point failed."
     from wsss_nb.paper_tables import TABLES, get_table, run_table, table_points
-    from wsss_nb.table_runs import profile_dir, write_claims, write_index
+    from wsss_nb.table_runs import profile_dir, pool_points, write_claims, write_index
     ids = args.ids or list(TABLES)
     for t in ids: get_table(t)                          # unknown ids fail before anything runs
     if args.list:
@@ -100,6 +100,10 @@ def cmd_tables(args) -> int:
             n = len(table_points(s, args.profile))
             print(f"{t:14s} {s.paper:6s} {s.paper_table:22s} {n:3d} points  {s.caption}")
         return 0
+    if args.executor == "local" and not args.render_only and args.jobs != 1 and len(ids) > 1:
+        counts = pool_points([TABLES[t] for t in ids], args.profile, jobs=args.jobs, runs_root=args.runs,
+                            out_dir=args.out, data_root=args.data_root)    # one pool: no idle job between tables
+        print("points: " + ", ".join(f"{n} {s}" for s, n in counts.items()), flush=True)
     n_failed = 0
     for i, t in enumerate(ids):
         print(f"[{i + 1}/{len(ids)}] {t}", flush=True)

@@ -5,7 +5,7 @@
 # %% ../nbs/70a_table_runs.ipynb #aa89104d
 from __future__ import annotations
 import datetime, json, logging, math, re, socket, textwrap, time, warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -28,8 +28,8 @@ from .train import data_fingerprint, run_config, run_dir
 
 # %% auto #0
 __all__ = ['EXPERIMENTS_DIR', 'KINDS', 'POINTS_FORMAT', 'RAY_RETRIES', 'point_dir', 'run_point', 'read_metric', 'profile_dir',
-           'point_key', 'stored_point', 'store_point', 'run_table', 'write_index', 'write_claims', 'written_markdown',
-           'plot_table']
+           'point_key', 'stored_point', 'store_point', 'run_table', 'pool_order', 'pool_points', 'write_index',
+           'write_claims', 'written_markdown', 'plot_table']
 
 # %% ../nbs/70a_table_runs.ipynb #39ddb7bf
 EXPERIMENTS_DIR = Path(wsss_nb.__file__).parent/"experiments"
@@ -347,6 +347,54 @@ def run_table(spec: TableSpec, profile: str = "quick",
                       claims=claims))
     atomic_write_text(out/f"{tid}.md", table_markdown(spec, df, claims, profile, pts))
     return result
+
+# %% ../nbs/70a_table_runs.ipynb #c3bfe5e2
+def _training_dir(p: dict, spec: TableSpec) -> str | None:
+    "The run folder point `p` trains in (points of one training share it and its lock); None for a bad config."
+    try: return str(point_dir(p["config"], spec.experiment, p["params"], spec.kind).parent)
+    except WSSSError: return None
+
+def pool_order(work: list[tuple]) -> list[tuple]:
+    """`(spec, point)` pairs for a pool of workers: the first point of every training, then the others (each reusing
+    its finished training), so that no worker waits on another's run lock while some training has not started."""
+    seen, first, later = set(), [], []
+    for spec, p in work:
+        t = _training_dir(p, spec)
+        (later if t is not None and t in seen else first).append((spec, p))
+        seen.add(t)
+    return first + later
+
+def pool_points(specs: list[TableSpec], profile: str = "quick", jobs: int = 1, runs_root="runs",
+               out_dir="papers_tables", data_root=None, notebooks=EXPERIMENTS_DIR, progress: bool = True) -> dict:
+    """Run the missing points of several tables in one pool of `jobs` local processes, each distinct point once
+    (`pool_order`), kept in the store as `run_table` keeps them; `run_table` then writes each table from them without
+    idle workers between tables. Returns the number of points per status ('stored': found in the store)."""
+    if not isinstance(jobs, int) or jobs < 1: raise ConfigError(f"jobs={jobs!r}: expected a positive integer")
+    store = None if profile == "quick" else Path(out_dir).absolute()/"results"/"points"
+    uniq = {}
+    for spec in specs:
+        for p in table_points(spec, profile, runs_root, data_root):
+            k = json.dumps([spec.experiment, spec.kind, p["config"], p["params"]], sort_keys=True, default=str)
+            uniq.setdefault(k, (spec, p))
+    skey = {k: _point_key(p, s) if store is not None else None for k, (s, p) in uniq.items()}
+    work = [sp for k, sp in uniq.items() if not (skey[k] and stored_point(store, skey[k]) is not None)]
+    counts = {"stored": len(uniq) - len(work)}
+
+    def go(sp):
+        spec, p = sp
+        r = run_point(p["config"], spec.experiment, p["params"], spec.kind, notebooks)
+        k = _point_key(p, spec) if store is not None else None
+        if k and r["status"] in ("done", "reused") and r["results"] is not None: store_point(store, k, p, r, spec)
+        return p, r
+
+    with ThreadPoolExecutor(jobs) as ex, tqdm(total=len(work), desc=f"{len(specs)} tables ({profile})",
+                                              disable=not progress) as bar:
+        for f in as_completed([ex.submit(go, sp) for sp in pool_order(work)]):
+            p, r = f.result()
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+            bar.update()
+            bar.set_postfix_str(f"{p['row']} seed {p['seed']}: {r['status']}")
+    return counts
 
 # %% ../nbs/70a_table_runs.ipynb #ae37af31
 def write_index(out_dir="papers_tables") -> Path:
