@@ -119,6 +119,8 @@ def cmd_tables(args) -> int:
               + (f" ({missing} points not run yet)" if missing else "")
               + ("" if r["written"] else f"; not rewritten: {r['reason']}"), flush=True)
     print(f"index: {write_index(profile_dir(args.out, args.profile))}")
+    if args.profile != "quick" and (Path(args.out)/"results").is_dir():   # the top index shows it beside quick
+        print(f"index: {write_index(args.out)}")
     print(f"claims: {write_claims(args.out)}")
     if n_failed:
         print(f"wsss-nb tables: {n_failed} points failed (their errors are in the tables' 'Failed points')",

@@ -397,8 +397,18 @@ def pool_points(specs: list[TableSpec], profile: str = "quick", jobs: int = 1, r
     return counts
 
 # %% ../nbs/70a_table_runs.ipynb #ae37af31
+def _counts(claims) -> str:
+    v = [c["verdict"] for c in claims]
+    return " / ".join(str(v.count(k)) for k in ("holds", "reversed", "inconclusive", "n/a")) if v else "–"
+
+def _total(claims) -> str:
+    v = [c["verdict"] for c in claims]
+    return f"{len(v)} claims of this paper: " + ", ".join(f"{v.count(k)} {k}" for k in ("holds", "reversed",
+                                                                                       "inconclusive", "n/a"))
+
 def write_index(out_dir="papers_tables") -> Path:
-    "papers_tables/README.md: every written table with a one-line reading of its claims."
+    """`out_dir/README.md`: every written table with its claims' verdicts and totals per paper; beside them, those of
+    the evidence profile when its tables are written in `out_dir/evidence` (the quick profile's index shows both)."""
     out = Path(out_dir)
     lines = ["# The papers' tables on the built-in benchmark", "",
              "Each table re-runs a paper's ablation on the synthetic benchmark (`wsss_nb.synthetic`) and prints our "
@@ -406,22 +416,33 @@ def write_index(out_dir="papers_tables") -> Path:
              "seeds (`wsss_nb.tables.paired_effect`): it holds when the 95 % t-interval of the effect lies above 0, is "
              "reversed when it lies below, and is inconclusive otherwise — always with one seed (n/a: a row of the "
              "claim is another paper's method or is not in the profile). Quick-profile numbers come from one seed "
-             "and a few epochs on a few hundred images: a smoke signal that every grid point runs, not evidence.", ""]
-    every = [_read_table_json(f) for f in sorted((out/"results").glob("*.json"))]   # each read once; DataError: corrupt
+             "and a few epochs on a few hundred images: a smoke signal that every grid point runs, not evidence; "
+             "the evidence profile (`wsss-nb tables --profile evidence`) decides the claims over three seeds.", ""]
+    read = lambda d: [_read_table_json(f) for f in sorted((d/"results").glob("*.json"))]   # DataError: corrupt
+    every = read(out)                                                                       # each read once
+    ev_dir = profile_dir(out, "evidence")
+    evidence = {r["id"]: r for r in read(ev_dir)} if ev_dir != out and (ev_dir/"results").is_dir() else {}
+    head = ["Table", "What", "Profile", "Claims: holds / reversed / inconclusive / n/a"]
+    if evidence: head += ["Evidence (3 seeds): holds / reversed / inconclusive / n/a"]
+    head += ["Reading" + (" (evidence where run)" if evidence else "")]
     for paper, title in PAPERS.items():
         recs = [r for r in every if r["paper"] == paper]
+        recs += [r for r in evidence.values() if r["paper"] == paper and r["id"] not in {x["id"] for x in recs}]
         if not recs: continue
         rows = []
         for r in recs:
-            v = [c["verdict"] for c in r["claims"]]
-            reading = "; ".join(f"{c['better']} > {c['worse']}: {c['verdict']}" for c in r["claims"])
-            count = " / ".join(str(v.count(k)) for k in ("holds", "reversed", "inconclusive", "n/a")) if v else "–"
-            rows.append([f"[{r['paper_table']}]({r['id']}.md)", r["caption"], r["profile"], count,
-                         reading or "no directional claim"])
-        head = ["Table", "What", "Profile", "Claims: holds / reversed / inconclusive / n/a", "Reading"]
-        v = [c["verdict"] for r in recs for c in r["claims"]]
-        total = ", ".join(f"{v.count(k)} {k}" for k in ("holds", "reversed", "inconclusive", "n/a"))
-        lines += [f"## {title}", "", md_table(head, rows), "", f"All {len(v)} claims of this paper: {total}.", ""]
+            ev = evidence.get(r["id"])
+            shown = ev or r
+            reading = "; ".join(f"{c['better']} > {c['worse']}: {c['verdict']}" for c in shown["claims"])
+            row = [f"[{r['paper_table']}]({r['id']}.md)", r["caption"], r["profile"], _counts(r["claims"])]
+            if evidence: row.append(f"[{_counts(ev['claims'])}](evidence/{r['id']}.md)" if ev else "not run")
+            rows.append(row + [reading or "no directional claim"])
+        own = [c for r in every if r["paper"] == paper for c in r["claims"]]
+        total = f"All {_total(own)}" if own else ""
+        if evidence:
+            ev_claims = [c for r in evidence.values() if r["paper"] == paper for c in r["claims"]]
+            total += ("; in the evidence profile, " if own else "In the evidence profile, ") + _total(ev_claims)
+        lines += [f"## {title}", "", md_table(head, rows), "", total + ".", ""]
     return atomic_write_text(out/"README.md", "\n".join(lines))
 
 def write_claims(out_dir="papers_tables", profiles=("quick", "evidence", "full")) -> Path:
