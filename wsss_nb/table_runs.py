@@ -23,7 +23,8 @@ from .core import (ConfigError, DataError, WSSSError, atomic_write_json, atomic_
                           get_device)
 from .bench import machine_info
 from .bana import bana_config, stage1_config, stage3_config
-from .tables import PAPERS, TableSpec, as_percent, md_table, summarize, table_markdown, table_points
+from .tables import (PAPERS, TableSpec, as_percent, check_metric, md_table, summarize, table_markdown,
+                            table_points)
 from .train import data_fingerprint, run_config, run_dir
 
 # %% auto #0
@@ -202,7 +203,8 @@ def _run_points(spec: TableSpec, pts: list[dict], profile: str, progress: bool, 
     for p in pts:
         r = done[key(p)]
         p.update(status=r["status"], error=r["error"], path=r["path"], seconds=r["seconds"],
-                 value=read_metric(r["results"], p["metric"]))
+                 value=read_metric(r["results"], p["metric"]),
+                 check=read_metric(r["results"], check_metric(p["metric"])) if check_metric(p["metric"]) else None)
         if p["status"] not in ("failed", "missing") and p["value"] is None:   # finished without the table's number
             src = r["path"] if r["status"] == "stored" else f"{r['path']}/results.json"
             p.update(status="failed", error=f"{src}: no finite value at {p['metric']!r}")
@@ -456,7 +458,8 @@ def write_claims(out_dir="papers_tables", profiles=("quick", "evidence", "full")
             entries += [dict(table=r["id"], paper=r["paper"], claim=c["text"], better=c["better"], worse=c["worse"],
                              profile=r["profile"], n_seeds=c.get("n_seeds", 0),
                              ours=dict(effect=c.get("effect"), lo=c.get("lo"), hi=c.get("hi"), p=c.get("p")),
-                             paper_effect=c.get("paper_effect"), verdict=c["verdict"]) for c in r["claims"]]
+                             paper_effect=c.get("paper_effect"), verdict=c["verdict"],
+                             single=c.get("single")) for c in r["claims"]]
     return atomic_write_json(Path(out_dir)/"claims.json", entries)
 
 # %% ../nbs/70a_table_runs.ipynb #8d89a44d

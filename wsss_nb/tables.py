@@ -18,7 +18,7 @@ from .infer import PROTOCOLS, describe_protocol
 
 # %% auto #0
 __all__ = ['PAPERS', 'PROFILES', 'Row', 'Claim', 'TableSpec', 'mc', 'grid', 'table_points', 'as_percent', 'paired_effect',
-           'summarize', 'md_table', 'describe_recipes', 'claim_numbers', 'table_markdown']
+           'check_metric', 'summarize', 'md_table', 'describe_recipes', 'claim_numbers', 'table_markdown']
 
 # %% ../nbs/70_tables.ipynb #45272bf8
 PAPERS = {"ssss": "Single-stage semantic segmentation from image labels (Araslanov & Roth, CVPR 2020)",
@@ -154,6 +154,11 @@ def _fmt(vals):
     v = [x for x in vals if x is not None]
     return mean_std(v, sep=" ± ") if v else ("failed" if vals else "n/a")
 
+def check_metric(metric: str) -> str | None:
+    """The trainer's single-scale validation of the same model beside a table's `val.<m>` (`val_trainer.<m>`): the
+    number without the paper's test-time protocol, kept to tell a protocol's effect from a method's; None otherwise."""
+    return "val_trainer." + metric[4:] if metric.startswith("val.") else None
+
 def summarize(spec: TableSpec, points: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
     "Per-row table (row, ours, paper, n, failed) and the claims with their paired effects and verdicts."
     missing = {p["row"] for p in points if p.get("status") == "missing"}      # render-only: not stored yet
@@ -168,16 +173,20 @@ def summarize(spec: TableSpec, points: list[dict]) -> tuple[pd.DataFrame, list[d
     df = pd.DataFrame([dict(row=r.label, ours=ours(r), paper=r.paper, mean=means[r.label],
                             n=sum(x is not None for x in by_row[r.label]),
                             failed=sum(x is None for x in by_row[r.label])) for r in spec.rows])
-    by_seed = {k: {} for k in by_row}
+    by_seed, check = {k: {} for k in by_row}, {k: {} for k in by_row}
     for p in points:
         if as_percent(p.get("value")) is not None: by_seed[p["row"]][p["seed"]] = as_percent(p["value"])
+        if as_percent(p.get("check")) is not None: check[p["row"]][p["seed"]] = as_percent(p["check"])
+    differs = any(p.get("check") is not None and p.get("value") is not None and abs(p["check"] - p["value"]) > 1e-9
+                  for p in points)                               # the protocol changed some number
     paper = {r.label: r.paper for r in spec.rows}
     claims = []
     for c in spec.claims:
         pb, pw = paper[c.better], paper[c.worse]
         claims.append(dict(text=c.text, better=c.better, worse=c.worse, ours_better=means[c.better],
                            ours_worse=means[c.worse], **paired_effect(by_seed[c.better], by_seed[c.worse]),
-                           paper_effect=None if pb is None or pw is None else pb - pw))
+                           paper_effect=None if pb is None or pw is None else pb - pw,
+                           single=paired_effect(check[c.better], check[c.worse]) if differs else None))
     return df, claims
 
 # %% ../nbs/70_tables.ipynb #27816f74
@@ -219,8 +228,13 @@ def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profil
                      [[r.row, r.ours, _paper_cell(r.paper)] for r in df.itertuples()])]
     if claims:
         out += ["", "## The paper's claims on this benchmark", ""]
-        for c in claims: out.append(f"- {c['text']} — *{c['better']}* > *{c['worse']}*: **{c['verdict']}**"
-                                    + claim_numbers(c))
+        for c in claims:
+            out.append(f"- {c['text']} — *{c['better']}* > *{c['worse']}*: **{c['verdict']}**" + claim_numbers(c))
+            s = c.get("single")
+            if s and s["verdict"] != "n/a":
+                ci = "" if s["lo"] is None else f" [95 % CI {s['lo']:+.1f}, {s['hi']:+.1f}]"
+                out.append(f"  - without the test-time protocol (the trainer's single-scale validation of the same "
+                           f"models): {s['verdict']}, {s['effect']:+.1f}{ci}")
     failed = [p for p in points if p["status"] == "failed"]
     if failed:
         out += ["", "## Failed points", ""] + [f"- {p['row']} (seed {p['seed']}): `{p['error']}`" for p in failed]
