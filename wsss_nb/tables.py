@@ -35,6 +35,7 @@ class Row:
     paper: float | None = None
     metric: str | None = None          # None: the table's metric
     quick: bool = True                 # False: only in the full profile (keeps `make reproduce` short)
+    evidence: bool = True              # False: not in the evidence profile either (the table's notes say why)
 
     @property
     def runnable(self) -> bool: return self.overrides is not None
@@ -86,19 +87,24 @@ def mc(**kw) -> dict:
     "Overrides of the method's config: `mc(focal_p=3)` is `{'method_cfg.focal_p': 3}`."
     return {f"method_cfg.{k}": v for k, v in kw.items()}
 
-def grid(label: str, overrides, paper=None, quick=None, **axes) -> list[Row]:
-    "Rows for every combination of `axes` (name → values or {shown: value}; the first varies slowest)."
+def grid(label: str, overrides, paper=None, quick=None, evidence=None, **axes) -> list[Row]:
+    """Rows for every combination of `axes` (name → values or {shown: value}; the first varies slowest); `quick`,
+    `evidence`: the combinations in that profile (None: all)."""
     axes = {n: a if isinstance(a, dict) else {v: v for v in a} for n, a in axes.items()}
     combos = list(itertools.product(*axes.values()))
     paper = [None] * len(combos) if paper is None else list(paper)
     if len(paper) != len(combos): raise ConfigError(f"grid {label!r}: {len(paper)} paper numbers, {len(combos)} rows")
-    quick = set(combos) if quick is None else {q if isinstance(q, tuple) else (q,) for q in quick}
-    if quick - set(combos): raise ConfigError(f"grid {label!r}: quick={sorted(quick - set(combos))} not in the grid")
+    def chosen(name, sel):
+        sel = set(combos) if sel is None else {q if isinstance(q, tuple) else (q,) for q in sel}
+        if sel - set(combos): raise ConfigError(f"grid {label!r}: {name}={sorted(sel - set(combos))} not in the grid")
+        return sel
+    quick, evidence = chosen("quick", quick), chosen("evidence", evidence)
     rows = []
     for shown, num in zip(combos, paper):
         kw = dict(zip(axes, shown))
         values = {n: axes[n][s] for n, s in kw.items()}
-        rows.append(Row(label.format(**kw), overrides(**values), paper=num, quick=shown in quick))
+        rows.append(Row(label.format(**kw), overrides(**values), paper=num, quick=shown in quick,
+                        evidence=shown in evidence))
     return rows
 
 # %% ../nbs/70_tables.ipynb #778eda0e
@@ -119,7 +125,8 @@ def table_points(spec: TableSpec, profile: str = "quick", runs_root="runs", data
     named = {lab for c in spec.claims for lab in (c.better, c.worse)}
     pts, out_dir = [], Path(runs_root).absolute()/("bana" if spec.kind == "bana" else "")
     for row in spec.rows:
-        if not row.runnable or (profile == "quick" and not row.quick): continue
+        if not row.runnable or (profile == "quick" and not row.quick) or (profile == "evidence" and not row.evidence):
+            continue
         if prof.get("claims_only") and row.label not in named: continue
         for seed in prof["seeds"]:
             cfg = {**prof[spec.kind], **spec.base, **extra, **row.overrides, "seed": seed, "out_dir": str(out_dir)}
