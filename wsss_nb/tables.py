@@ -218,8 +218,9 @@ def claim_numbers(c: dict) -> str:
     "A claim's numbers in words: the rows' means, the paired effect with its interval, the paper's effect."
     if c["verdict"] == "n/a": return ""
     paper = "" if c.get("paper_effect") is None else f"; paper {c['paper_effect']:+.1f}"
+    f = "+.2f" if c["lo"] is not None and max(abs(c["lo"]), abs(c["hi"])) < 0.1 else "+.1f"   # tiny: two decimals
     if c["lo"] is None: eff = f"{c['effect']:+.1f} on one seed, no interval"
-    else: eff = f"{c['effect']:+.1f} [95 % CI {c['lo']:+.1f}, {c['hi']:+.1f}] over {c['n_seeds']} seeds"
+    else: eff = f"{c['effect']:{f}} [95 % CI {c['lo']:{f}}, {c['hi']:{f}}] over {c['n_seeds']} seeds"
     return f" ({c['ours_better']:.1f} vs {c['ours_worse']:.1f}: {eff}{paper})"
 
 def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profile: str, points: list[dict]) -> str:
