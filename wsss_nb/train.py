@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_train.ipynb #8d83b915
 from __future__ import annotations
-import atexit, dataclasses, fcntl, json, os, time, typing
+import atexit, dataclasses, datetime, fcntl, json, os, time, typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,7 +253,15 @@ def join_launch(env: DistEnv, device: torch.device) -> bool:
     return True
 
 def _leave_launch():
-    if dist.is_initialized(): dist.destroy_process_group()
+    """At exit: wait for the other processes (at most a minute: a peer may be gone), then leave the group. Tearing
+    gloo down while a peer still uses it aborted a process now and then ("terminate called without an active
+    exception") after its work was done."""
+    if not dist.is_initialized(): return
+    try:
+        if dist.get_backend() == "gloo": dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        else: dist.barrier()
+    except RuntimeError: pass
+    finally: dist.destroy_process_group()
 
 # %% ../nbs/50_train.ipynb #6bf98576
 def ddp_model(model, cfg: RunConfig, env: DistEnv, device: torch.device):
