@@ -181,6 +181,11 @@ def _point_key(p, spec):
 
 _MISSING = dict(status="missing", results=None, error=None, path=None, seconds=0.0)
 
+def _keep(store, key, point: dict, result: dict, spec: TableSpec):
+    "Store a finished point (a no-op without a store or a key, or when it did not finish)."
+    if key and result["status"] in ("done", "reused") and result["results"] is not None:
+        store_point(store, key, point, result, spec)
+
 def _run_points(spec: TableSpec, pts: list[dict], profile: str, progress: bool, results, store=None,
                 render_only: bool = False):
     """Run each distinct point once with the executor `results` and fill in every point's status, error, path and
@@ -196,15 +201,14 @@ def _run_points(spec: TableSpec, pts: list[dict], profile: str, progress: bool, 
         for i, r in results([] if render_only else todo):   # (index in todo, run_point's result) as each point ends
             k = key(todo[i])
             done[k] = r
-            if skeys.get(k) and r["status"] in ("done", "reused") and r["results"] is not None:
-                store_point(store, skeys[k], todo[i], r, spec)
+            _keep(store, skeys.get(k), todo[i], r, spec)
             bar.update()
             bar.set_postfix_str(f"{todo[i]['row']}: {r['status']}")
     for p in pts:
         r = done[key(p)]
+        cm = check_metric(p["metric"])
         p.update(status=r["status"], error=r["error"], path=r["path"], seconds=r["seconds"],
-                 value=read_metric(r["results"], p["metric"]),
-                 check=read_metric(r["results"], check_metric(p["metric"])) if check_metric(p["metric"]) else None)
+                 value=read_metric(r["results"], p["metric"]), check=read_metric(r["results"], cm) if cm else None)
         if p["status"] not in ("failed", "missing") and p["value"] is None:   # finished without the table's number
             src = r["path"] if r["status"] == "stored" else f"{r['path']}/results.json"
             p.update(status="failed", error=f"{src}: no finite value at {p['metric']!r}")
@@ -360,9 +364,9 @@ def pool_order(work: list[tuple]) -> list[tuple]:
     """`(spec, point)` pairs for a pool of workers: the first point of every training, then the others (each reusing
     its finished training), so that no worker waits on another's run lock while some training has not started."""
     seen, first, later = set(), [], []
-    for spec, p in work:
-        t = _training_dir(p, spec)
-        (later if t is not None and t in seen else first).append((spec, p))
+    for item in work:                                     # (spec, point, ...): what follows the pair rides along
+        t = _training_dir(item[1], item[0])
+        (later if t is not None and t in seen else first).append(item)
         seen.add(t)
     return first + later
 
@@ -378,20 +382,19 @@ def pool_points(specs: list[TableSpec], profile: str = "quick", jobs: int = 1, r
         for p in table_points(spec, profile, runs_root, data_root):
             k = json.dumps([spec.experiment, spec.kind, p["config"], p["params"]], sort_keys=True, default=str)
             uniq.setdefault(k, (spec, p))
-    skey = {k: _point_key(p, s) if store is not None else None for k, (s, p) in uniq.items()}
-    work = [sp for k, sp in uniq.items() if not (skey[k] and stored_point(store, skey[k]) is not None)]
+    work = [(s, p, _point_key(p, s) if store is not None else None) for s, p in uniq.values()]
+    work = [w for w in work if not (w[2] and stored_point(store, w[2]) is not None)]
     counts = {"stored": len(uniq) - len(work)}
 
-    def go(sp):
-        spec, p = sp
+    def go(work_item):
+        spec, p, key = work_item
         r = run_point(p["config"], spec.experiment, p["params"], spec.kind, notebooks)
-        k = _point_key(p, spec) if store is not None else None
-        if k and r["status"] in ("done", "reused") and r["results"] is not None: store_point(store, k, p, r, spec)
+        _keep(store, key, p, r, spec)
         return p, r
 
     with ThreadPoolExecutor(jobs) as ex, tqdm(total=len(work), desc=f"{len(specs)} tables ({profile})",
                                               disable=not progress) as bar:
-        for f in as_completed([ex.submit(go, sp) for sp in pool_order(work)]):
+        for f in as_completed([ex.submit(go, w) for w in pool_order(work)]):
             p, r = f.result()
             counts[r["status"]] = counts.get(r["status"], 0) + 1
             bar.update()
@@ -429,7 +432,8 @@ def write_index(out_dir="papers_tables") -> Path:
     head += ["Reading" + (" (evidence where run)" if evidence else "")]
     for paper, title in PAPERS.items():
         recs = [r for r in every if r["paper"] == paper]
-        recs += [r for r in evidence.values() if r["paper"] == paper and r["id"] not in {x["id"] for x in recs}]
+        have = {r["id"] for r in recs}
+        recs += [r for r in evidence.values() if r["paper"] == paper and r["id"] not in have]
         if not recs: continue
         rows = []
         for r in recs:
