@@ -10,12 +10,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import check_num
+from .core import check_num, check_shape, check_labels
 from .methods import Method
 from .heads import CAMHead, normalize_cams, cams_to_probs
 
 # %% auto #0
-__all__ = ['CAMBaseline']
+__all__ = ['min_pool_loss', 'CAMBaseline']
+
+# %% ../nbs/10_cam.ipynb #2f44430a
+def min_pool_loss(cams: torch.Tensor, labels: torch.Tensor, fraction: float = 0.25) -> torch.Tensor:
+    """SEAM's adaptive min-pooling loss: the mean ReLU of the lowest `fraction` of m_ij = max_c y_c·M_c(i, j), per
+    image — the quarter of each image least like any of its classes is pushed to zero activation (background)."""
+    check_shape(cams, "cams", "B×C×h×w")
+    B, C, h, w = cams.shape
+    m = (cams * check_labels(labels, (B, C)).to(cams.dtype)[:, :, None, None]).amax(1).flatten(1)
+    k = max(1, int(h * w * check_num(fraction, "fraction", 0, 1, lo_open=True)))
+    return F.relu(m.topk(k, 1, largest=False).values).sum() / (k * B)
 
 # %% ../nbs/10_cam.ipynb #b1d8e0e8
 class CAMBaseline(Method):
@@ -29,12 +39,15 @@ class CAMBaseline(Method):
                     freeze_bn=True, bias_lr_mult=2.0, bias_decay=False, method_cfg=dict(bg_score=0.1, dropout=0.5))
     @dataclass
     class Config:
-        added_later = ("dropout",)     # options added after runs were stored: out of the run hash at their defaults
+        added_later = ("dropout", "min_pool")   # options added after runs were stored: out of the run hash at defaults
         bg_score: float = 0.2          # constant background score against max-normalised CAMs (the release: 0.1)
         label_threshold: float = 0.5   # σ(score) above which a class is predicted present at test time
         dropout: float = 0.0           # Dropout2d before GAP, classification branch only (the release: 0.5)
+        min_pool: float = 0.0          # weight of SEAM's adaptive min-pooling loss (`min_pool_loss`; SEAM: 1); 0 = off
 
-        def __post_init__(self): check_num(self.dropout, "dropout", 0, 1, hi_open=True)
+        def __post_init__(self):
+            check_num(self.dropout, "dropout", 0, 1, hi_open=True)
+            check_num(self.min_pool, "min_pool", 0)
 
     def __init__(self, num_classes, cfg=None, backbone=None):
         super().__init__(num_classes, cfg, backbone)
@@ -51,7 +64,9 @@ class CAMBaseline(Method):
 
     def losses(self, batch, out, epoch):
         cls = F.multilabel_soft_margin_loss(out["logits"], batch["labels"])
-        return dict(cls=cls, total=cls)
+        if not self.cfg.min_pool: return dict(cls=cls, total=cls)
+        bg = min_pool_loss(out["cams"], batch["labels"])
+        return dict(cls=cls, min_pool=bg, total=cls + self.cfg.min_pool * bg)
 
     def cam_probs(self, out, labels, size):
         "Background-first B×(C+1)×H×W probabilities P ∝ (b, m̂_1, …, m̂_C) from the CAMs, for the given image labels."
