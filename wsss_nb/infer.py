@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -18,12 +19,13 @@ from .data import VOCDataset, save_mask
 from .metrics import SegEvaluator, check_contour_protocol
 from .crf import dense_crf, check_crf_params
 from .methods import mask_absent
+from .heads import normalize_cams, cams_to_probs
 from .zoo import build_method
 from .train import run_config, load_checkpoint, data_fingerprint
 
 # %% auto #0
-__all__ = ['SSSS_CRF', 'HFPL_CRF', 'BANA_CRF', 'BANA_CRF_V2', 'PROTOCOLS', 'InferConfig', 'predict_image', 'to_uint8', 'protocol',
-           'describe_protocol', 'load_run', 'check_export', 'evaluate']
+__all__ = ['SSSS_CRF', 'HFPL_CRF', 'BANA_CRF', 'BANA_CRF_V2', 'PROTOCOLS', 'THRESHOLDS', 'InferConfig', 'predict_image',
+           'to_uint8', 'protocol', 'describe_protocol', 'load_run', 'check_export', 'evaluate', 'cam_threshold_sweep']
 
 # %% ../nbs/51_infer.ipynb #322432c7
 @dataclass
@@ -167,6 +169,15 @@ def check_export(export, data_root, overwrite: bool = False) -> Path:
         )
     return out
 
+# %% ../nbs/51_infer.ipynb #536f2677
+def _model_and_root(run_or_model, data_root=None):
+    "The model in eval mode and the dataset root: a run folder's own (unless `data_root`), or `data_root` for a model."
+    if isinstance(run_or_model, (str, Path)):
+        model, rc = load_run(run_or_model)
+        return model, data_root or rc.data_root
+    if data_root is None: raise ConfigError("data_root: needed when evaluating a model rather than a run folder")
+    return run_or_model.eval(), data_root
+
 # %% ../nbs/51_infer.ipynb #f5c2da20
 def evaluate(run_or_model, split: str = "val", cfg: InferConfig | None = None, data_root=None,
              export=None, export_probs: bool = False, max_images: int | None = None, progress: bool = True,
@@ -176,11 +187,7 @@ def evaluate(run_or_model, split: str = "val", cfg: InferConfig | None = None, d
         raise ConfigError("cfg, protocol: give one (protocol(name, **fields) is a preset with fields changed)")
     cfg = cfg if cfg is not None else _preset(protocol or "single", {})
     if max_images is not None: check_int(max_images, "max_images")
-    if isinstance(run_or_model, (str, Path)):
-        model, rc = load_run(run_or_model)
-        data_root = data_root or rc.data_root
-    else: model = run_or_model.eval()
-    if data_root is None: raise ConfigError("data_root: needed when evaluating a model rather than a run folder")
+    model, data_root = _model_and_root(run_or_model, data_root)
     if export is not None: export = check_export(export, data_root, overwrite)
     ds = VOCDataset(data_root, split)
     device = next(model.parameters()).device
@@ -206,3 +213,31 @@ def evaluate(run_or_model, split: str = "val", cfg: InferConfig | None = None, d
     if export is not None:
         atomic_write_json(Path(export)/"metrics.json", dict(split=split, protocol=protocol, infer=vars(cfg), **out))
     return out
+
+# %% ../nbs/51_infer.ipynb #03c0ae1f
+THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+@torch.no_grad()
+def cam_threshold_sweep(run_or_model, thresholds=THRESHOLDS, split: str = "train", data_root=None,
+                        max_images: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """mIoU of the CAM pseudo labels (ground-truth image labels, background score t) for each t of `thresholds`:
+    one row per t; `attrs` holds the mean max-normalised CAM over object and over background pixels."""
+    ts = tuple(check_num(t, "thresholds", 0, 1) for t in thresholds)
+    if not ts: raise ConfigError("thresholds: expected at least one background score in [0, 1]")
+    if max_images is not None: check_int(max_images, "max_images")
+    model, data_root = _model_and_root(run_or_model, data_root)
+    ds, device = VOCDataset(data_root, split), next(model.parameters()).device
+    evs = [SegEvaluator(ds.num_classes) for _ in ts]
+    obj, bg = [], []
+    for i in tqdm(range(len(ds) if max_images is None else min(max_images, len(ds))), desc=f"sweep {split}",
+                  disable=not progress):
+        s = ds[i]
+        out = model(dict(image=s["image"][None].to(device)))
+        if "cams" not in out: raise ConfigError(f"method {type(model).__name__}: its outputs have no 'cams'")
+        m = normalize_cams(out["cams"], s["labels"][None].to(device), s["mask"].shape[-2:]).cpu()
+        for t, ev in zip(ts, evs): ev.update(cams_to_probs(m, bg_score=t)[0].argmax(0), s["mask"])
+        top, gt = m[0].amax(0), s["mask"]
+        obj.append(top[(gt > 0) & (gt < 255)]), bg.append(top[gt == 0])
+    df = pd.DataFrame(dict(threshold=ts, mIoU=[ev.summary()["mIoU"] for ev in evs]))
+    df.attrs = dict(cam_object=float(torch.cat(obj).mean()), cam_background=float(torch.cat(bg).mean()))
+    return df
