@@ -16,13 +16,13 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .core import ConfigError, atomic_write_json, atomic_write_text, check_int, resize
+from .core import ConfigError, DataError, atomic_write_json, atomic_write_text, check_int, resize
 from .data import save_mask, read_classes
 
 # %% auto #0
 __all__ = ['SPLITS', 'FORMAT_VERSION', 'STYLES', 'PALETTE', 'CLASS_APPEARANCE', 'CLASSES', 'BenchmarkKnobs', 'unit_shape',
            'place_shape', 'rasterize', 'appearance', 'draw_appearance', 'background', 'void_band', 'make_sample',
-           'voc_xml', 'write_sample', 'split_names', 'make_benchmark', 'benchmark_stats']
+           'voc_xml', 'write_sample', 'split_names', 'make_benchmark', 'benchmark_stats', 'benchmark_variant']
 
 # %% ../nbs/02_synthetic.ipynb #9edfb067
 SPLITS = ("train", "val")
@@ -455,3 +455,18 @@ def benchmark_stats(root) -> pd.DataFrame:
                 )
             )
     return pd.DataFrame(rows).set_index(["split", "cls"])
+
+# %% ../nbs/02_synthetic.ipynb #4a6e2e6b
+def benchmark_variant(root) -> str | None:
+    "`<folder>: knob value, …`: the knobs of the build at `root` that differ from the default (None: none or no build)."
+    meta = Path(root)/"benchmark.json"
+    if not meta.is_file(): return None
+    try: knobs = json.loads(meta.read_text(encoding="utf-8")).get("knobs", {})
+    except (OSError, ValueError, AttributeError):
+        raise DataError(f"{meta}: unreadable benchmark description; rebuild it with `wsss-nb make-data --overwrite`") \
+            from None
+    changed = [f"{f.name} {_knob_text(knobs[f.name])}" for f in fields(BenchmarkKnobs)
+               if f.name in knobs and _knob_text(knobs[f.name]) != _knob_text(f.default)]
+    return f"{Path(root).name}: " + ", ".join(changed) if changed else None
+
+def _knob_text(v) -> str: return "–".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else f"{v:g}"

@@ -25,6 +25,7 @@ from .bench import machine_info
 from .bana import bana_config, stage1_config, stage3_config
 from .tables import (PAPERS, TableSpec, as_percent, check_metric, md_table, summarize, table_markdown,
                             table_points)
+from .synthetic import benchmark_variant
 from .train import data_fingerprint, run_config, run_dir
 
 # %% auto #0
@@ -351,7 +352,8 @@ def run_table(spec: TableSpec, profile: str = "quick",
     atomic_write_json(out/"results"/f"{tid}.json", dict(id=tid, paper=spec.paper, paper_table=spec.paper_table,
                       caption=spec.caption, profile=profile, protocol=spec.protocol, rows=df.to_dict("records"),
                       claims=claims))
-    atomic_write_text(out/f"{tid}.md", table_markdown(spec, df, claims, profile, pts))
+    variant = benchmark_variant(data_root) if data_root is not None else None    # None: each config's own root
+    atomic_write_text(out/f"{tid}.md", table_markdown(spec, df, claims, profile, pts, variant))
     return result
 
 # %% ../nbs/70a_table_runs.ipynb #c3bfe5e2
@@ -440,7 +442,9 @@ def write_index(out_dir="papers_tables") -> Path:
             ev = evidence.get(r["id"])
             shown = ev or r
             reading = "; ".join(f"{c['better']} > {c['worse']}: {c['verdict']}" for c in shown["claims"])
-            row = [f"[{r['paper_table']}]({r['id']}.md)", r["caption"], r["profile"], _counts(r["claims"])]
+            own_md = (out/f"{r['id']}.md").is_file()                   # else only its evidence table is written
+            row = [f"[{r['paper_table']}]({'' if own_md else 'evidence/'}{r['id']}.md)", r["caption"], r["profile"],
+                   _counts(r["claims"])]
             if evidence: row.append(f"[{_counts(ev['claims'])}](evidence/{r['id']}.md)" if ev else "not run")
             rows.append(row + [reading or "no directional claim"])
         own = [c for r in every if r["paper"] == paper for c in r["claims"]]

@@ -223,11 +223,14 @@ def claim_numbers(c: dict) -> str:
     else: eff = f"{c['effect']:{f}} [95 % CI {c['lo']:{f}}, {c['hi']:{f}}] over {c['n_seeds']} seeds"
     return f" ({c['ours_better']:.1f} vs {c['ours_worse']:.1f}: {eff}{paper})"
 
-def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profile: str, points: list[dict]) -> str:
-    "The table as GitHub markdown: rows with ours and the paper's number, the claims, failures."
+def table_markdown(spec: TableSpec, df: pd.DataFrame, claims: list[dict], profile: str, points: list[dict],
+                   variant: str | None = None) -> str:
+    """The table as GitHub markdown: rows with ours and the paper's number, the claims, failures; `variant`: the
+    benchmark variant the points ran on (`synthetic.benchmark_variant`), named in the metric line."""
     metric = spec.metric.split(".")[-1]
+    bench = f"the benchmark variant {variant}" if variant else "built-in benchmark"
     out = [f"# {spec.paper_table} ({spec.paper}): {spec.caption}", "",
-           f"Metric: {metric} in % (ours: built-in benchmark, `{profile}` profile, mean ± std over seeds; "
+           f"Metric: {metric} in % (ours: {bench}, `{profile}` profile, mean ± std over seeds; "
            f"paper: PASCAL VOC 2012 as printed).", "",
            "Protocol: " + (describe_protocol(spec.protocol) if spec.protocol else
                            "none: the numbers score pseudo labels, not test-time predictions") + ".", "",
