@@ -453,6 +453,12 @@ def write_index(out_dir="papers_tables") -> Path:
             ev_claims = [c for r in evidence.values() if r["paper"] == paper for c in r["claims"]]
             total += ("; in the evidence profile, " if own else "In the evidence profile, ") + _total(ev_claims)
         lines += [f"## {title}", "", md_table(head, rows), "", total + ".", ""]
+    variants = sorted(p.parent.name for p in (out/"variants").glob("*/evidence"))
+    if variants:
+        links = ", ".join(f"[{v}](variants/{v}/evidence/README.md)" for v in variants)
+        lines += ["## Benchmark variants", "", "Claims re-run on builds of the benchmark with some knobs changed, to "
+                  "give a method the property its paper relies on (each table names the knobs; the readings are in "
+                  f"the paper notebooks): {links}.", ""]
     return atomic_write_text(out/"README.md", "\n".join(lines))
 
 def write_claims(out_dir="papers_tables", profiles=("quick", "evidence", "full")) -> Path:
