@@ -237,7 +237,8 @@ def cam_threshold_sweep(run_or_model, thresholds=THRESHOLDS, split: str = "train
         m = normalize_cams(out["cams"], s["labels"][None].to(device), s["mask"].shape[-2:]).cpu()
         for t, ev in zip(ts, evs): ev.update(cams_to_probs(m, bg_score=t)[0].argmax(0), s["mask"])
         top, gt = m[0].amax(0), s["mask"]
-        obj.append(top[(gt > 0) & (gt < 255)]), bg.append(top[gt == 0])
+        obj.append(top[(gt > 0) & (gt < 255)])
+        bg.append(top[gt == 0])
     df = pd.DataFrame(dict(threshold=ts, mIoU=[ev.summary()["mIoU"] for ev in evs]))
     df.attrs = dict(cam_object=float(torch.cat(obj).mean()), cam_background=float(torch.cat(bg).mean()))
     return df
