@@ -242,5 +242,5 @@ def test_train_with_the_release_recipe(trained, tmp_path):
     assert (c["recipe"], c["optimizer"], c["lr"], c["lr_backbone"], c["weight_decay"], c["schedule"]) == (
         "official", "sgd", 0.01, 0.001, 0.0005, "constant")
     assert (c["bias_lr_mult"], c["bias_decay"], c["freeze_bn"], c["method_cfg"]) == (
-        2.0, False, True, {"bg_score": 0.1, "label_threshold": 0.5, "dropout": 0.5})
+        2.0, False, True, {"bg_score": 0.1, "label_threshold": 0.5, "dropout": 0.5, "min_pool": 0.0})
     one_line_error(run("train", *sets("method=full", "recipe=official", *small)), "has no release recipe")

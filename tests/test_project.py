@@ -136,14 +136,15 @@ def test_build_method_from_a_bare_import():
 # issue 16 changed one on purpose: PAMR/SPR refine on the stride-4 grid by default (`pamr_resolution="features"`, as
 # SSSS's `run_pamr`), a field ssss and shape now share (shape's `spr_resolution` was its name there); issue 17 another:
 # the DeepLab heads' widths default to None, the backbone's `head_width` (32 on tiny, was 128); issue 20 added `full`'s
-# `pseudo_dir` (the two-stage net's training labels; `added_later`, so at its default None no run key changed)
+# `pseudo_dir` (the two-stage net's training labels; `added_later`, so at its default None no run key changed), and
+# `cam`'s `min_pool` (SEAM's background loss, for the ISL reading; `added_later`, off by default: no key changed)
 DEFAULT_METHOD_CONFIGS = {
     "bana_cls": {'grid_size': 4, 'pooling': 'bap', 'roi_samples': 1, 'min_background': 0.0, 'init_std': 0.01,
                  'roi_bins': 1},
     "bana_seg": {'pseudo_dir': None, 'loss': 'nal', 'gamma': 7.0, 'lam': 0.1, 'tau': 20.0, 'classifier': 'cosine',
                  'head': 'none', 'head_channels': 128, 'dropout': 0.1, 'bootstrap_power': 0.9, 'detach_sigma': True,
                  'confidence_names': None},
-    "cam": {'bg_score': 0.2, 'label_threshold': 0.5, 'dropout': 0.0},
+    "cam": {'bg_score': 0.2, 'label_threshold': 0.5, 'dropout': 0.0, 'min_pool': 0.0},
     "full": {'aspp_channels': None, 'decoder_channels': None, 'dropout': 0.1, 'pseudo_dir': None},
     "shape": {'aspp_channels': None, 'decoder_channels': None, 'skip_proj': 48, 'aspp_dropout': 0.5,
               'decoder_dropout': (0.5, 0.1), 'scm': True, 'scm_channels': 64, 'scm_source': 'image', 'scm_radius': 7,
