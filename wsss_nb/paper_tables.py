@@ -5,12 +5,14 @@
 # %% ../nbs/75_paper_tables.ipynb #37169f9e
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import table_runs, tables, tables_bana, tables_hfpl, tables_shape, tables_ssss
 from .core import ConfigError
 from .tables import TableSpec
 
 # %% auto #0
-__all__ = ['TABLES', 'get_table', 'table_points', 'run_table']
+__all__ = ['TABLES', 'get_table', 'table_points', 'run_table', 'show_variants']
 
 # %% ../nbs/75_paper_tables.ipynb #9a2e2d26
 def _collect(*modules) -> dict[str, TableSpec]:
@@ -39,3 +41,12 @@ def table_points(table: str | TableSpec, profile: str = "quick", runs_root="runs
 def run_table(table: str | TableSpec, profile: str = "quick", **kwargs) -> dict:
     "Run and write the table `table` (an id or a spec): `wsss_nb.table_runs.run_table`, with its keyword arguments."
     return table_runs.run_table(_spec(table), profile, **kwargs)
+
+# %% ../nbs/75_paper_tables.ipynb #f07aaed3
+def show_variants(paper: str, out_dir="."):
+    "Display the tables of `paper` written for each benchmark variant in `out_dir/variants/<name>/evidence`."
+    from IPython.display import Markdown, display
+    for vdir in sorted(Path(out_dir, "variants").glob("*/evidence")):
+        tids = [t for t, s in TABLES.items() if s.paper == paper and (vdir/f"{t}.md").is_file()]
+        if tids: display(Markdown(f"## On the benchmark variant `{vdir.parent.name}` (evidence profile)"))
+        for tid in tids: display(Markdown(table_runs.written_markdown(tid, vdir, headings=False)))
